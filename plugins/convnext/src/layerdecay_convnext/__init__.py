@@ -1,0 +1,1 @@
+"""layerdecay plugin for the convnext family (work in progress)."""

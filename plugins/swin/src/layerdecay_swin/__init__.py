@@ -1,0 +1,1 @@
+"""layerdecay plugin for the swin family (work in progress)."""

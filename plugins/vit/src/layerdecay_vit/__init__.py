@@ -1,0 +1,1 @@
+"""layerdecay plugin for the vit family (work in progress)."""

@@ -1,0 +1,5 @@
+"""``python -m layerdecay``: the CLI."""
+
+from layerdecay.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""One walk over a model: normalized parameter names, owning modules, and the unwrapped root.
+
+Wrappers (DDP, DataParallel, ``torch.compile``, FSDP1, activation checkpointing) add a path component
+to every name below them.  Every rule in layerdecay matches normalized names, so a wrapped model gets
+exactly the plan of the bare model, and saved optimizer state carries names that survive re-wrapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ModelView", "strip_wrapper_prefixes", "unwrap"]
+
+# Child attributes that only ever hold the wrapped module.
+_ALWAYS_WRAPPER_CHILDREN = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
+# ``module`` is a wrapper child when its parent is DDP-like: it holds nothing but that one child.
+_MODULE_CHILD = "module"
+_WRAPPER_COMPONENTS = _ALWAYS_WRAPPER_CHILDREN | {_MODULE_CHILD}
+
+
+def _wrapped_child(module: nn.Module) -> nn.Module | None:
+    """The module that ``module`` merely wraps, or None when ``module`` is not a wrapper."""
+    children = module._modules
+    if len(children) != 1:
+        return None
+    (child_name, child), = children.items()
+    if child is None:
+        return None
+    if child_name in _ALWAYS_WRAPPER_CHILDREN:
+        return child
+    if child_name == _MODULE_CHILD and not any(p is not None for p in module._parameters.values()):
+        return child
+    return None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Peel wrappers off ``model`` (DDP, DataParallel, compile, FSDP1, checkpoint wrappers, nested)."""
+    while (inner := _wrapped_child(model)) is not None:
+        model = inner
+    return model
+
+
+def strip_wrapper_prefixes(name: str) -> str:
+    """Drop wrapper components from a dotted name given as text (for names read from a checkpoint).
+
+    ``module`` is dropped only where it leads the name, since inside a model it can be a real attribute;
+    the private wrapper attributes are dropped anywhere.
+    """
+    parts = name.split(".")
+    lead = 0
+    while lead < len(parts) - 1 and parts[lead] in _WRAPPER_COMPONENTS:
+        lead += 1
+    return ".".join(p for p in parts[lead:] if p not in _ALWAYS_WRAPPER_CHILDREN)
+
+
+class ModelView:
+    """What plugins see of a model: built once per plan, read by every hook.
+
+    Attributes:
+        model: The unwrapped root module (``model.module``/``_orig_mod``/... peeled).
+        names: Normalized names of every parameter, frozen ones included, in registration order,
+            each shared (tied) parameter once.
+        params: The parameters, aligned with ``names``.
+        owners: The module that owns each parameter, aligned with ``names``.
+        modules: Normalized module path -> module, for every module under the root (wrappers left out).
+        cache: Scratch space for plugins, so that ``layerdecay_num_layers`` and ``layerdecay_layer_id``
+            can share one analysis of the model. Key it by your plugin's name.
+    """
+
+    __slots__ = ("model", "names", "params", "owners", "modules", "cache", "_index")
+
+    def __init__(self, model: nn.Module) -> None:
+        names: list[str] = []
+        params: list[torch.Tensor] = []
+        owners: list[nn.Module] = []
+        modules: dict[str, nn.Module] = {}
+        seen_params: set[int] = set()
+        seen_modules: set[int] = set()
+
+        def visit(prefix: str, module: nn.Module) -> None:
+            if id(module) in seen_modules:
+                return
+            seen_modules.add(id(module))
+            inner = _wrapped_child(module)
+            if inner is not None:
+                visit(prefix, inner)
+                return
+            modules[prefix[:-1]] = module
+            for pname, param in module._parameters.items():
+                if param is None or id(param) in seen_params:
+                    continue
+                seen_params.add(id(param))
+                names.append(prefix + pname)
+                params.append(param)
+                owners.append(module)
+            for cname, child in module._modules.items():
+                if child is None:
+                    continue
+                if cname in _ALWAYS_WRAPPER_CHILDREN:
+                    visit(prefix, child)
+                else:
+                    visit(prefix + cname + ".", child)
+
+        root = unwrap(model)
+        visit("", root)
+        self.model = root
+        self.names: tuple[str, ...] = tuple(names)
+        self.params: tuple[torch.Tensor, ...] = tuple(params)
+        self.owners: tuple[nn.Module, ...] = tuple(owners)
+        self.modules = modules
+        self.cache: dict[str, Any] = {}
+        self._index: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def index(self, name: str) -> int:
+        """Position of the parameter called ``name`` (normalized) in ``names``."""
+        if self._index is None:
+            self._index = {n: i for i, n in enumerate(self.names)}
+        return self._index[name]
+
+    def module(self, path: str) -> nn.Module | None:
+        """The module at normalized ``path`` ('' is the root), or None."""
+        return self.modules.get(path)
+
+    def find_modules(self, predicate: Callable[[str, nn.Module], bool]) -> Iterator[tuple[str, nn.Module]]:
+        """Modules (path, module) for which ``predicate(path, module)`` holds, in tree order."""
+        return ((path, m) for path, m in self.modules.items() if predicate(path, m))
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The full (global) shape of a parameter; DTensor shards report their global shape too."""
+        return tuple(self.params[self.index(name)].shape)

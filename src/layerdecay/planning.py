@@ -1,0 +1,303 @@
+"""Planning: model -> :class:`~layerdecay.plan.Plan`. The one code path every API call goes through."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from numbers import Real
+from typing import Any
+
+from torch import nn
+
+from layerdecay import generic
+from layerdecay.errors import ConfigError, LayerDecayError, LayerDecayWarning, ModelError, PlanError, PluginError
+from layerdecay.manager import PluginHost, default_host
+from layerdecay.model_view import ModelView
+from layerdecay.patterns import PatternSet
+from layerdecay.plan import GroupSpec, Plan, PlanRow, format_group_name
+from layerdecay.policy import Decision, Policy
+
+__all__ = ["make_plan", "check_number"]
+
+NO_WEIGHT_DECAY_OPTION = "no_weight_decay="
+LR_MULT_OPTION = "lr_mult="
+
+
+def check_number(name: str, value: Any, *, minimum: float | None = None, exclusive: bool = False,
+                 maximum: float | None = None) -> float:
+    """``value`` as a finite float within bounds, or :class:`ConfigError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ConfigError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be finite, got {value!r}.")
+    if minimum is not None and (number <= minimum if exclusive else number < minimum):
+        bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}.")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"{name} must be <= {maximum:g}, got {value!r}.")
+    return number
+
+
+def _user_policy(no_weight_decay: PatternSet[bool], lr_mult: PatternSet[float]) -> Policy | None:
+    if not no_weight_decay and not lr_mult:
+        return None
+    cache: dict[str, Decision | None] = {}
+
+    def policy(name: str, param: Any, module: Any) -> Decision | None:
+        # Memoized per name: a pattern's hit count then counts each parameter once.
+        if name in cache:
+            return cache[name]
+        nwd = no_weight_decay.match(name)
+        mult = lr_mult.match(name)
+        decision = None
+        if nwd is not None or mult is not None:
+            decision = Decision(
+                weight_decay=False if nwd is not None else None,
+                reason=f"no_weight_decay pattern {nwd[0]!r}" if nwd is not None else None,
+                lr_mult=mult[1] if mult is not None else None,
+            )
+        cache[name] = decision
+        return decision
+
+    return policy
+
+
+def _lr_mult_patterns(lr_mult: Mapping[str, float] | None) -> PatternSet[float]:
+    if lr_mult is None:
+        return PatternSet({}, "lr_mult")
+    if not isinstance(lr_mult, Mapping):
+        raise ConfigError(f"lr_mult must be a mapping of name pattern -> multiplier, got {lr_mult!r}.")
+    values = {p: check_number(f"lr_mult[{p!r}]", v, minimum=0.0, exclusive=True) for p, v in lr_mult.items()}
+    return PatternSet(values, "lr_mult")
+
+
+def _check_scales(scales: list[float], num_layers: int, plugin: str) -> None:
+    if len(scales) != num_layers:
+        raise PluginError(
+            f"plugin {plugin!r} answered layerdecay_lr_scale with {len(scales)} scales for {num_layers} "
+            "layer ids; the contract is one finite positive float per layer id.",
+            plugin=plugin,
+        )
+    for i, s in enumerate(scales):
+        if isinstance(s, bool) or not isinstance(s, Real) or not math.isfinite(s) or s <= 0:
+            raise PluginError(
+                f"plugin {plugin!r} answered layerdecay_lr_scale with scale {s!r} for layer id {i}; "
+                "the contract is a finite positive float.",
+                plugin=plugin,
+            )
+
+
+def make_plan(
+    model: nn.Module,
+    *,
+    weight_decay: float = 0.05,
+    layer_decay: float = 0.75,
+    recipe: str | None = None,
+    no_weight_decay: Iterable[str] | str | None = None,
+    lr_mult: Mapping[str, float] | None = None,
+    min_scale: float = 0.0,
+    plugins: Iterable[object] = (),
+    strict: bool = False,
+    host: PluginHost | None = None,
+    stacklevel: int = 2,
+) -> Plan:
+    """Plan ``model``; see :func:`layerdecay.explain` for the arguments."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    layer_decay = check_number("layer_decay", layer_decay, minimum=0.0, exclusive=True)
+    weight_decay = check_number("weight_decay", weight_decay, minimum=0.0)
+    min_scale = check_number("min_scale", min_scale, minimum=0.0, maximum=1.0)
+    if recipe is not None and not isinstance(recipe, str):
+        raise ConfigError(f"recipe must be a string or None, got {recipe!r}.")
+    nwd_patterns = PatternSet.of_names(no_weight_decay, "no_weight_decay")
+    mult_patterns = _lr_mult_patterns(lr_mult)
+
+    host = host or default_host()
+    host.raise_for_failures()
+    plugins = list(plugins or ())
+    if plugins:
+        host = host.extended(plugins)
+
+    view = ModelView(model)
+    if not any(p.requires_grad for p in view.params):
+        raise ModelError(
+            f"{type(view.model).__name__} has no trainable parameters "
+            f"({len(view)} parameters, all with requires_grad=False): there is nothing to optimize."
+        )
+
+    notes: list[str] = []
+    claimed = host.num_layers(view, recipe)
+    if claimed is None:
+        num_layers, owner = 1, None
+        layer_fn, layer_by = (lambda _name: 0), "nobody"
+        if layer_decay != 1.0:
+            notes.append(
+                f"no plugin understood {type(view.model).__name__} and the generic fallback found no "
+                "repeated blocks: every parameter is in layer 0, so layer_decay has no effect. Install the "
+                "family's plugin or register a layerdecay_layer_id rule."
+            )
+    else:
+        num_layers, owner = claimed
+        found = host.layer_id(view, recipe, num_layers)
+        if found is None:
+            raise PluginError(
+                f"plugin {owner!r} claimed the model (layerdecay_num_layers) but no plugin answers "
+                "layerdecay_layer_id for it.",
+                plugin=owner,
+            )
+        layer_fn, layer_by = found
+    fallback = None
+    if owner == generic.PLUGIN_NAME:
+        layer_map = generic.fallback_layer_map(view)
+        fallback = layer_map.strategy if layer_map is not None else None
+        notes.append(f"no plugin claimed {type(view.model).__name__}; the generic fallback assigned the layer "
+                     f"ids ({fallback}). Check the plan, or install the family's plugin.")
+
+    scales, scale_by = host.lr_scales(view, recipe, num_layers, layer_decay)
+    _check_scales(scales, num_layers, scale_by)
+    clamped = [i for i, s in enumerate(scales) if s < min_scale]
+    if clamped:
+        notes.append(f"min_scale={min_scale:g} raised the scale of {len(clamped)} layer id(s) "
+                     f"({clamped[0]}..{clamped[-1]}); their ratios to the layers above are no longer layer_decay.")
+        scales = [max(s, min_scale) for s in scales]
+
+    policies = host.policies(view, recipe)
+    user = _user_policy(nwd_patterns, mult_patterns)
+    if user is not None:
+        policies.insert(0, ("options", user))
+
+    rows, params = _plan_rows(view, layer_fn, layer_by, num_layers, scales, weight_decay, policies)
+
+    used = {lid for lid, *_ in rows}
+    for patterns in (nwd_patterns, mult_patterns):
+        for pattern in patterns.unused():
+            notes.append(f"{patterns.option} pattern {pattern!r} matched no trainable parameter; "
+                         "check the spelling against plan.rows names.")
+    gaps = [i for i in range(num_layers) if i not in used]
+    if gaps and len(used) > 0 and owner is not None and len(gaps) < num_layers:
+        all_ids = _all_layer_ids(view, layer_fn, num_layers)
+        empty = [i for i in gaps if i not in all_ids]
+        if empty:
+            notes.append(f"layer ids {empty} hold no parameter: the scale jumps by layer_decay^{len(empty) + 1} "
+                         "across the gap. The recipe does not fit this model's depth.")
+
+    plan_rows, groups = _group_rows(rows)
+    plan = Plan(
+        rows=tuple(plan_rows),
+        num_layers=num_layers,
+        scales=tuple(scales),
+        layer_decay=layer_decay,
+        weight_decay=weight_decay,
+        recipe=recipe,
+        owner=owner,
+        fallback=fallback,
+        warnings=tuple(notes),
+        groups=tuple(groups),
+        parameters=tuple(params),
+    )
+    if notes:
+        if strict:
+            raise PlanError("strict=True and the plan has warnings:\n" + "\n".join(f"  - {n}" for n in notes))
+        for note in notes:
+            warnings.warn(note, LayerDecayWarning, stacklevel=stacklevel + 1)
+    return plan
+
+
+def _all_layer_ids(view: ModelView, layer_fn: Any, num_layers: int) -> set[int]:
+    out = set()
+    for name in view.names:
+        lid = layer_fn(name)
+        if isinstance(lid, int) and 0 <= lid < num_layers:
+            out.add(lid)
+    return out
+
+
+# A row before grouping: (layer_id, lr_mult, lr_extra, weight_decay, reason, layer_by, decay_by, excluded, name, param)
+_Raw = tuple[int, float, float | None, float, str, str, str, bool, str, Any]
+
+
+def _plan_rows(view: ModelView, layer_fn: Any, layer_by: str, num_layers: int, scales: list[float],
+               weight_decay: float, policies: list[tuple[str, Policy]]) -> tuple[list[_Raw], list[Any]]:
+    rows: list[_Raw] = []
+    params: list[Any] = []
+    names, tensors, owners = view.names, view.params, view.owners
+    culprit = layer_by
+    hook = "layerdecay_layer_id"
+    try:
+        for i, name in enumerate(names):
+            param = tensors[i]
+            if not param.requires_grad:
+                continue
+            culprit, hook = layer_by, "layerdecay_layer_id"
+            lid = layer_fn(name)
+            if type(lid) is not int or not 0 <= lid < num_layers:
+                raise PlanError(
+                    f"plugin {layer_by!r} gave parameter {name!r} the layer id {lid!r}; the contract is an int "
+                    f"in 0..{num_layers - 1} (num_layers={num_layers}).",
+                )
+            decay = reason = extra = wd_mult = exclude = None
+            decay_by = "core"
+            module = owners[i]
+            hook = "layerdecay_param_policy"
+            for plugin_name, policy in policies:
+                culprit = plugin_name
+                d = policy(name, param, module)
+                if d is None:
+                    continue
+                if decay is None and d.weight_decay is not None:
+                    decay, reason, decay_by = d.weight_decay, d.reason, plugin_name
+                if extra is None and d.lr_mult is not None:
+                    extra = d.lr_mult
+                if wd_mult is None and d.wd_mult is not None:
+                    wd_mult = d.wd_mult
+                if exclude is None and d.exclude is not None:
+                    exclude = d.exclude
+            if decay is None:
+                decay, reason = param.ndim > 1, "no policy answered; by ndim"
+            mult = scales[lid] * (extra if extra is not None else 1.0)
+            wd = weight_decay * (wd_mult if wd_mult is not None else 1.0) if decay else 0.0
+            rows.append((lid, mult, extra, wd, reason or ("weight" if decay else "no decay"),
+                         layer_by, decay_by, bool(exclude), name, param))
+            params.append(param)
+    except LayerDecayError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {culprit!r} raised {type(exc).__name__} in the function it returned from {hook}: {exc}",
+            plugin=culprit,
+        ) from exc
+    return rows, params
+
+
+def _group_rows(rows: list[_Raw]) -> tuple[list[PlanRow], list[GroupSpec]]:
+    """Merge rows with equal (lr_mult, weight_decay) into groups, in a deterministic order."""
+    members: dict[tuple[float, float], list[int]] = {}
+    for index, row in enumerate(rows):
+        if row[7]:
+            continue
+        members.setdefault((row[1], row[3]), []).append(index)
+
+    specs = []
+    for (mult, wd), indices in members.items():
+        layer_ids = tuple(sorted({rows[i][0] for i in indices}))
+        extras = {rows[i][2] for i in indices}
+        extra = extras.pop() if len(extras) == 1 else None
+        specs.append((layer_ids, wd, mult, extra, indices))
+    specs.sort(key=lambda s: (s[0][0], s[1] == 0.0, s[2]))
+
+    group_of: dict[int, str] = {}
+    groups = []
+    for layer_ids, wd, mult, extra, indices in specs:
+        name = format_group_name(layer_ids, wd > 0.0, extra)
+        for i in indices:
+            group_of[i] = name
+        groups.append(GroupSpec(name, layer_ids, mult, wd, tuple(indices)))
+
+    plan_rows = [
+        PlanRow(row[8], tuple(row[9].shape), row[9].numel(), row[0], row[1], row[3], row[4],
+                group_of.get(index, ""), row[5], row[6], row[7])
+        for index, row in enumerate(rows)
+    ]
+    return plan_rows, groups

@@ -1,0 +1,156 @@
+"""Weight-decay decisions: the :class:`Decision` type and the core's "weight decay by meaning" policy.
+
+Every recipe in the field means to exclude the same things from weight decay: biases, normalization
+weights, layer scales, tokens, position embeddings and relative-position tables. Libraries give these
+parameters different shapes (torchvision's layer scale is ``[C,1,1]``, HF's GRN is 4-D, tokens are 3-D),
+so a rule by ``ndim`` alone treats the same parameter differently per library. This policy decides by
+meaning: the owning module's type first, then the parameter's name, then the model's own
+``no_weight_decay()`` lists, and ``ndim <= 1`` only for whatever is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from layerdecay.model_view import ModelView
+
+__all__ = ["Decision", "Policy", "meaning_policy", "is_norm_module"]
+
+
+class Decision(NamedTuple):
+    """A policy's answer for one parameter; None in a field means "no opinion".
+
+    Attributes:
+        weight_decay: True to apply weight decay, False to exclude the parameter from it.
+        reason: Why, in a few words; shown in the plan next to the decision.
+        lr_mult: Extra learning-rate multiplier on top of the layer's scale (e.g. 10.0 for a new head).
+        wd_mult: Multiplier on the weight decay value for this parameter.
+        exclude: True to leave the parameter out of the optimizer entirely.
+    """
+
+    weight_decay: bool | None = None
+    reason: str | None = None
+    lr_mult: float | None = None
+    wd_mult: float | None = None
+    exclude: bool | None = None
+
+
+Policy = Callable[[str, torch.Tensor, nn.Module], "Decision | None"]
+
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.RMSNorm,
+)
+
+# Parameter names (the last component) that say what the parameter is, whatever its shape.
+_LAYER_SCALE_NAMES = frozenset(
+    {"gamma", "gamma_1", "gamma_2", "layer_scale", "layer_scale_parameter", "lambda1", "lambda2"}
+)
+_TOKEN_SUFFIXES = ("_token", "_tokens")
+_TOKEN_NAMES = frozenset({"token", "tokens", "class_token", "cls_token", "register_tokens"})
+_POSITION_NAMES = frozenset(
+    {"pos_embed", "pos_embedding", "position_embeddings", "position_embedding", "absolute_pos_embed"}
+)
+# Substrings of the full name that mark relative-position parameters (tables, Swin-v2's cpb MLP).
+_RELATIVE_POSITION_MARKERS = (
+    "relative_position_bias_table",
+    "rel_pos",
+    "relative_position",
+    "cpb_mlp",
+    "continuous_position_bias_mlp",
+)
+
+NORM_WEIGHT = "norm weight"
+BIAS = Decision(weight_decay=False, reason="bias")
+LAYER_SCALE = Decision(weight_decay=False, reason="layer scale")
+TOKEN = Decision(weight_decay=False, reason="token")
+POSITION = Decision(weight_decay=False, reason="position embedding")
+RELATIVE_POSITION = Decision(weight_decay=False, reason="relative position")
+LOGIT_SCALE = Decision(weight_decay=False, reason="attention logit scale")
+MODEL_LIST = Decision(weight_decay=False, reason="model.no_weight_decay()")
+ONE_D = Decision(weight_decay=False, reason="1-D tensor")
+WEIGHT = Decision(weight_decay=True, reason="weight")
+
+
+def is_norm_module(module_type: type) -> bool:
+    """Whether a module class is a normalization layer: torch's norms, or a class whose name says so."""
+    if issubclass(module_type, _NORM_TYPES):
+        return True
+    name = module_type.__name__
+    return "Norm" in name or name.endswith("GRN")
+
+
+def _decision_by_local_name(local: str) -> Decision | None:
+    if local == "bias" or local.endswith("_bias"):
+        return BIAS
+    if local in _LAYER_SCALE_NAMES or local.startswith("lambda_"):
+        return LAYER_SCALE
+    if local in _TOKEN_NAMES or local.endswith(_TOKEN_SUFFIXES):
+        return TOKEN
+    if local in _POSITION_NAMES:
+        return POSITION
+    if local == "logit_scale":
+        return LOGIT_SCALE
+    return None
+
+
+def _model_no_weight_decay(view: ModelView) -> tuple[frozenset[str], tuple[str, ...]]:
+    """Names from every ``no_weight_decay()`` and keywords from ``no_weight_decay_keywords()`` in the tree.
+
+    A module's own lists name parameters relative to that module, so each is prefixed with the module's
+    path: a timm backbone nested in a detector, or under wrappers, still gets its exclusions.
+    """
+    names: set[str] = set()
+    keywords: list[str] = []
+    for path, module in view.modules.items():
+        cls = type(module)
+        prefix = path + "." if path else ""
+        if callable(getattr(cls, "no_weight_decay", None)):
+            names.update(prefix + n for n in module.no_weight_decay())
+        if callable(getattr(cls, "no_weight_decay_keywords", None)):
+            keywords.extend(module.no_weight_decay_keywords())
+    return frozenset(names), tuple(keywords)
+
+
+def meaning_policy(view: ModelView) -> Policy:
+    """The core's default policy for ``view``: weight decay by meaning (see the module docstring)."""
+    by_type: dict[type, Decision | None] = {}
+    by_local: dict[str, Decision | None] = {}
+    listed, keywords = _model_no_weight_decay(view)
+
+    def policy(name: str, param: torch.Tensor, module: nn.Module) -> Decision:
+        cls = type(module)
+        try:
+            norm = by_type[cls]
+        except KeyError:
+            norm = by_type[cls] = (
+                Decision(weight_decay=False, reason=f"{NORM_WEIGHT} ({cls.__name__})")
+                if is_norm_module(cls)
+                else None
+            )
+        if norm is not None:
+            return norm
+        local = name[name.rfind(".") + 1 :]
+        try:
+            by_name = by_local[local]
+        except KeyError:
+            by_name = by_local[local] = _decision_by_local_name(local)
+        if by_name is not None:
+            return by_name
+        if name in listed or (keywords and any(k in name for k in keywords)):
+            return MODEL_LIST
+        for marker in _RELATIVE_POSITION_MARKERS:
+            if marker in name:
+                return RELATIVE_POSITION
+        if param.ndim <= 1:
+            return ONE_D
+        return WEIGHT
+
+    return policy
