@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from layerdecay._markers import hookimpl
-from layerdecay.model_view import ModelView, strip_wrapper_prefixes
+from layerdecay.model_view import ModelView, strip_wrapper_prefixes, unwrap
 from layerdecay.recipes import select_recipe
 
 PLUGIN_NAME = "generic"
@@ -47,7 +47,8 @@ def _timm_group_matcher_map(view: ModelView) -> LayerMap:
 def _same_typed_blocks(module: nn.Module) -> list[tuple[str, nn.Module]] | None:
     if not isinstance(module, (nn.ModuleList, nn.Sequential)):
         return None
-    children = [(name, child) for name, child in module._modules.items() if child is not None]
+    # A block wrapped per block (FSDP1 auto-wrap, activation checkpointing) is typed by what it wraps.
+    children = [(name, unwrap(child)) for name, child in module._modules.items() if child is not None]
     if len(children) < 2:
         return None
     first = type(children[0][1])

@@ -172,17 +172,47 @@ class PluginHost:
 
     def num_layers(self, view: ModelView, recipe: str | None) -> tuple[int, str] | None:
         """(layer count, answering plugin), or None when no plugin claims the model."""
-        found = self._first("layerdecay_num_layers", {"model": view, "recipe": recipe})
+        claim = self.claim(view, recipe)
+        return None if claim is None else (claim[0], claim[1])
+
+    def claim(self, view: ModelView, recipe: str | None) -> tuple[int, str, tuple[str, ...]] | None:
+        """(layer count, owner, rivals), or None when no plugin claims the model.
+
+        The owner is the first (latest-registered) plugin that answers ``layerdecay_num_layers``. The
+        plugins after it are asked too, so that two plugins claiming one model are reported (rivals)
+        rather than silently shadowed; ``trylast`` implementations (the generic fallback) are skipped,
+        since answering only when nobody else does is their purpose.
+        """
+        kwargs = {"model": view, "recipe": recipe}
+        impls = self._call_order["layerdecay_num_layers"]
+        found = None
+        for index, impl in enumerate(impls):
+            answer = self._call(impl, "layerdecay_num_layers", kwargs)
+            if answer is not None:
+                found = (answer, impl.plugin_name, index)
+                break
         if found is None:
             return None
-        count, plugin = found
+        count, plugin, index = found
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise PluginError(
                 f"plugin {plugin!r} answered layerdecay_num_layers with {count!r}; "
                 "the contract is an int >= 1 (or None when the model is not its own).",
                 plugin=plugin,
             )
-        return count, plugin
+        rivals = []
+        for impl in impls[index + 1:]:
+            if impl.trylast:
+                continue
+            try:
+                answer = self._call(impl, "layerdecay_num_layers", kwargs)
+            except PluginError:
+                raise
+            except LayerDecayError:
+                answer = True  # e.g. UnknownRecipeError: it recognized the model as its own
+            if answer is not None:
+                rivals.append(impl.plugin_name)
+        return count, plugin, tuple(rivals)
 
     def layer_id(self, view: ModelView, recipe: str | None, num_layers: int
                  ) -> tuple[Callable[[str], int], str] | None:
@@ -223,6 +253,12 @@ class PluginHost:
         )
         assert found is not None, "the core's default scale provider is always registered"
         scales, plugin = found
+        if isinstance(scales, (str, bytes)) or not isinstance(scales, Iterable):
+            raise PluginError(
+                f"plugin {plugin!r} answered layerdecay_lr_scale with {scales!r} ({type(scales).__name__}); "
+                f"the contract is a sequence of {num_layers} finite positive floats, one per layer id.",
+                plugin=plugin,
+            )
         return list(scales), plugin
 
     def wrap_call(self, plugin: str, hook: str, function: Callable[..., Any], *args: Any) -> Any:

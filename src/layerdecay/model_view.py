@@ -71,7 +71,7 @@ class ModelView:
             can share one analysis of the model. Key it by your plugin's name.
     """
 
-    __slots__ = ("model", "names", "params", "owners", "modules", "cache", "_index")
+    __slots__ = ("_index", "cache", "model", "modules", "names", "owners", "params")
 
     def __init__(self, model: nn.Module) -> None:
         names: list[str] = []
@@ -79,25 +79,31 @@ class ModelView:
         owners: list[nn.Module] = []
         modules: dict[str, nn.Module] = {}
         seen_params: set[int] = set()
-        seen_modules: set[int] = set()
+        seen_modules: set[nn.Module] = set()
+
+        add_name, add_param, add_owner = names.append, params.append, owners.append
+        mark_param, mark_module = seen_params.add, seen_modules.add
 
         def visit(prefix: str, module: nn.Module) -> None:
-            if id(module) in seen_modules:
+            # The hot loop of every plan: as lean as named_parameters() itself.
+            if module in seen_modules:
                 return
-            seen_modules.add(id(module))
-            inner = _wrapped_child(module)
-            if inner is not None:
-                visit(prefix, inner)
-                return
+            mark_module(module)
+            children = module._modules
+            if len(children) == 1:
+                inner = _wrapped_child(module)
+                if inner is not None:
+                    visit(prefix, inner)
+                    return
             modules[prefix[:-1]] = module
             for pname, param in module._parameters.items():
                 if param is None or id(param) in seen_params:
                     continue
-                seen_params.add(id(param))
-                names.append(prefix + pname)
-                params.append(param)
-                owners.append(module)
-            for cname, child in module._modules.items():
+                mark_param(id(param))
+                add_name(prefix + pname)
+                add_param(param)
+                add_owner(module)
+            for cname, child in children.items():
                 if child is None:
                     continue
                 if cname in _ALWAYS_WRAPPER_CHILDREN:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,23 @@ def _config_file(path: Path) -> nn.Module:
     return _transformers_config(config)
 
 
+def _import_local(module_name: str) -> Any:
+    """Import ``module_name``, also from the current directory (the console script does not search it)."""
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
 def _factory(spec: str) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_local(module_name)
     except ImportError as exc:
         raise ModelBuildError(f"cannot import {module_name!r}: {exc}") from exc
     factory = getattr(module, attr, None)

@@ -7,6 +7,7 @@ imported only then. Prefix a name with ``timm:`` to force timm's meaning (timm's
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 from collections.abc import Callable
@@ -39,10 +40,8 @@ def _timm_names() -> list[str]:
 
 def _unknown(name: str) -> UnknownOptimizerError:
     known = sorted(torch_optimizers())
-    try:
+    with contextlib.suppress(ImportError):
         known += [n for n in _timm_names() if n not in known]
-    except ImportError:
-        pass
     close = difflib.get_close_matches(name.lower(), known, n=5, cutoff=0.6)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return UnknownOptimizerError(
@@ -86,7 +85,7 @@ def create_optimizer(
             raise ConfigError(f"optimizer must be a name or an optimizer class, got {optimizer!r}.")
         label = getattr(optimizer, "__name__", repr(optimizer))
         _check_keywords(optimizer, {"lr": lr, "weight_decay": weight_decay, **kwargs}, label)
-        return optimizer(groups, lr=lr, weight_decay=weight_decay, **kwargs)
+        return _construct(label, kwargs, optimizer, groups, lr=lr, weight_decay=weight_decay, **kwargs)
 
     name = optimizer.strip()
     force_timm = name.lower().startswith(TIMM_PREFIX)
@@ -96,7 +95,7 @@ def create_optimizer(
     if cls is not None:
         label = f"{optimizer!r} (torch.optim.{cls.__name__})"
         _check_keywords(cls, {"lr": lr, "weight_decay": weight_decay, **kwargs}, label)
-        return cls(groups, lr=lr, weight_decay=weight_decay, **kwargs)
+        return _construct(label, kwargs, cls, groups, lr=lr, weight_decay=weight_decay, **kwargs)
 
     try:
         from timm.optim import create_optimizer_v2, get_optimizer_class
@@ -109,8 +108,21 @@ def create_optimizer(
         timm_cls = get_optimizer_class(base, bind_defaults=False)
     except ValueError:
         raise _unknown(optimizer) from None
-    _check_keywords(timm_cls, kwargs, f"{optimizer!r} (timm {getattr(timm_cls, '__name__', base)})")
-    return create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=weight_decay, **kwargs)
+    label = f"{optimizer!r} (timm {getattr(timm_cls, '__name__', base)})"
+    _check_keywords(timm_cls, kwargs, label)
+    return _construct(label, kwargs, create_optimizer_v2, groups, opt=name, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
+def _construct(label: str, kwargs: dict[str, Any], factory: Callable[..., torch.optim.Optimizer], *args: Any,
+               **all_kwargs: Any) -> torch.optim.Optimizer:
+    """Call ``factory``; a value it rejects (``betas=(2, 0)``, ``momentum=-1``) becomes a ConfigError."""
+    try:
+        return factory(*args, **all_kwargs)
+    except (ValueError, TypeError) as exc:
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no extra keywords"
+        raise ConfigError(
+            f"optimizer {label} rejected its arguments ({given}): {exc}. Fix the optimizer keyword named there."
+        ) from exc
 
 
 def check_optimizer_name(optimizer: object) -> None:

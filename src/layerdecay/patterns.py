@@ -25,6 +25,8 @@ REGEX_PREFIX = "re:"
 def _pattern_regex(pattern: str, option: str) -> str:
     if pattern.startswith(REGEX_PREFIX):
         body = pattern[len(REGEX_PREFIX) :]
+        if not body:
+            raise ConfigError(f"{option} pattern {pattern!r} has an empty regular expression after 're:'.")
         try:
             re.compile(body)
         except re.error as exc:
@@ -61,6 +63,10 @@ class PatternSet(Generic[V]):
             patterns = ()
         if isinstance(patterns, str):
             patterns = (patterns,)
+        elif isinstance(patterns, (bytes, Mapping)) or not isinstance(patterns, Iterable):
+            raise ConfigError(
+                f"{option} must be a pattern string or a list of them, got {patterns!r} ({type(patterns).__name__})."
+            )
         return PatternSet(dict.fromkeys(patterns, True), option)
 
     def __bool__(self) -> bool:

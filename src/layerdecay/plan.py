@@ -122,6 +122,9 @@ class Plan:
                 MAE) and for timm's schedulers, which apply it.
             named: Give ``params`` as ``(name, tensor)`` pairs, so the names reach the optimizer's state
                 dict (torch >= 2.6). False for consumers that want bare tensors.
+
+        Each group also records ``wd_mult`` (its weight decay over the base one, 0.0 for no-decay groups) so
+        a weight-decay schedule can rescale it later (:func:`layerdecay.training.set_lr`).
         """
         groups = []
         rows, params = self.rows, self.parameters
@@ -136,6 +139,7 @@ class Plan:
                 "weight_decay": spec.weight_decay,
                 "layer_id": spec.layer_ids[0],
                 "lr_mult": spec.lr_mult,
+                "wd_mult": spec.weight_decay / self.weight_decay if self.weight_decay else 0.0,
                 "group_name": spec.name,
             }
             if scale_mode == "lr_scale":

@@ -17,6 +17,8 @@ from layerdecay.model_view import ModelView
 from layerdecay.patterns import PatternSet
 from layerdecay.plan import GroupSpec, Plan, PlanRow, format_group_name
 from layerdecay.policy import Decision, Policy
+from layerdecay.recipes import select_recipe
+from layerdecay.validation import ParamFact, PlanFacts, check_plan
 
 __all__ = ["make_plan", "check_number"]
 
@@ -27,17 +29,27 @@ LR_MULT_OPTION = "lr_mult="
 def check_number(name: str, value: Any, *, minimum: float | None = None, exclusive: bool = False,
                  maximum: float | None = None) -> float:
     """``value`` as a finite float within bounds, or :class:`ConfigError` naming ``name``."""
+    hint = _NUMBER_HINTS.get(name, "")
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise ConfigError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
+        raise ConfigError(f"{name} must be a number, got {value!r} ({type(value).__name__}).{hint}")
     number = float(value)
     if not math.isfinite(number):
-        raise ConfigError(f"{name} must be finite, got {value!r}.")
+        raise ConfigError(f"{name} must be finite, got {value!r}.{hint}")
     if minimum is not None and (number <= minimum if exclusive else number < minimum):
         bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
-        raise ConfigError(f"{name} must be {bound}, got {value!r}.")
+        raise ConfigError(f"{name} must be {bound}, got {value!r}.{hint}")
     if maximum is not None and number > maximum:
-        raise ConfigError(f"{name} must be <= {maximum:g}, got {value!r}.")
+        raise ConfigError(f"{name} must be <= {maximum:g}, got {value!r}.{hint}")
     return number
+
+
+# What a valid value looks like, appended to the messages of check_number.
+_NUMBER_HINTS = {
+    "layer_decay": " Pass a factor > 0: 1.0 turns layer decay off; fine-tuning recipes use 0.65-0.9.",
+    "weight_decay": " Pass a value >= 0: 0.0 turns weight decay off; fine-tuning recipes use 0.05.",
+    "lr": " Pass the top layer's learning rate, a number > 0 such as 1e-3.",
+    "min_scale": " Pass a floor in 0..1 for the layer scales; 0.0 means no floor.",
+}
 
 
 def _user_policy(no_weight_decay: PatternSet[bool], lr_mult: PatternSet[float]) -> Policy | None:
@@ -128,18 +140,21 @@ def make_plan(
         )
 
     notes: list[str] = []
-    claimed = host.num_layers(view, recipe)
+    claimed = host.claim(view, recipe)
     if claimed is None:
+        if recipe is not None:
+            select_recipe(recipe, generic.RECIPES, owner="the generic fallback (no plugin claims this model)")
         num_layers, owner = 1, None
         layer_fn, layer_by = (lambda _name: 0), "nobody"
-        if layer_decay != 1.0:
-            notes.append(
-                f"no plugin understood {type(view.model).__name__} and the generic fallback found no "
-                "repeated blocks: every parameter is in layer 0, so layer_decay has no effect. Install the "
-                "family's plugin or register a layerdecay_layer_id rule."
-            )
     else:
-        num_layers, owner = claimed
+        num_layers, owner, rivals = claimed
+        if rivals:
+            others = ", ".join(repr(r) for r in rivals)
+            notes.append(
+                f"{len(rivals) + 1} plugins claim {type(view.model).__name__}: {owner!r} and {others}; {owner!r} was "
+                f"registered later, so it decides. If that is not what you want, disable it with "
+                f"LAYERDECAY_DISABLE_PLUGINS={owner} (or disable=[{owner!r}]); if it is, disable {others}."
+            )
         found = host.layer_id(view, recipe, num_layers)
         if found is None:
             raise PluginError(
@@ -152,15 +167,11 @@ def make_plan(
     if owner == generic.PLUGIN_NAME:
         layer_map = generic.fallback_layer_map(view)
         fallback = layer_map.strategy if layer_map is not None else None
-        notes.append(f"no plugin claimed {type(view.model).__name__}; the generic fallback assigned the layer "
-                     f"ids ({fallback}). Check the plan, or install the family's plugin.")
 
     scales, scale_by = host.lr_scales(view, recipe, num_layers, layer_decay)
     _check_scales(scales, num_layers, scale_by)
     clamped = [i for i, s in enumerate(scales) if s < min_scale]
     if clamped:
-        notes.append(f"min_scale={min_scale:g} raised the scale of {len(clamped)} layer id(s) "
-                     f"({clamped[0]}..{clamped[-1]}); their ratios to the layers above are no longer layer_decay.")
         scales = [max(s, min_scale) for s in scales]
 
     policies = host.policies(view, recipe)
@@ -170,18 +181,13 @@ def make_plan(
 
     rows, params = _plan_rows(view, layer_fn, layer_by, num_layers, scales, weight_decay, policies)
 
-    used = {lid for lid, *_ in rows}
-    for patterns in (nwd_patterns, mult_patterns):
-        for pattern in patterns.unused():
-            notes.append(f"{patterns.option} pattern {pattern!r} matched no trainable parameter; "
-                         "check the spelling against plan.rows names.")
-    gaps = [i for i in range(num_layers) if i not in used]
-    if gaps and len(used) > 0 and owner is not None and len(gaps) < num_layers:
-        all_ids = _all_layer_ids(view, layer_fn, num_layers)
-        empty = [i for i in gaps if i not in all_ids]
-        if empty:
-            notes.append(f"layer ids {empty} hold no parameter: the scale jumps by layer_decay^{len(empty) + 1} "
-                         "across the gap. The recipe does not fit this model's depth.")
+    notes += check_plan(PlanFacts(
+        model_name=type(view.model).__name__, num_layers=num_layers, layer_decay=layer_decay, owner=owner,
+        fallback=fallback, params=[ParamFact(r[8], tuple(r[9].shape), r[0]) for r in rows],
+        all_layer_ids=_all_layer_ids(view, layer_fn, num_layers),
+        unused_patterns={p.option: p.unused() for p in (nwd_patterns, mult_patterns)},
+        clamped=clamped, min_scale=min_scale,
+    ))
 
     plan_rows, groups = _group_rows(rows)
     plan = Plan(
@@ -233,9 +239,12 @@ def _plan_rows(view: ModelView, layer_fn: Any, layer_by: str, num_layers: int, s
             culprit, hook = layer_by, "layerdecay_layer_id"
             lid = layer_fn(name)
             if type(lid) is not int or not 0 <= lid < num_layers:
-                raise PlanError(
-                    f"plugin {layer_by!r} gave parameter {name!r} the layer id {lid!r}; the contract is an int "
-                    f"in 0..{num_layers - 1} (num_layers={num_layers}).",
+                raise PluginError(
+                    f"plugin {layer_by!r} gave parameter {name!r} the layer id {lid!r} ({type(lid).__name__}) "
+                    f"in layerdecay_layer_id; the contract is an int in 0..{num_layers - 1} "
+                    f"(num_layers={num_layers}). The plugin is at fault; disable it with "
+                    f"LAYERDECAY_DISABLE_PLUGINS={layer_by} (or disable=[{layer_by!r}]).",
+                    plugin=layer_by,
                 )
             decay = reason = extra = wd_mult = exclude = None
             decay_by = "core"
@@ -246,6 +255,13 @@ def _plan_rows(view: ModelView, layer_fn: Any, layer_by: str, num_layers: int, s
                 d = policy(name, param, module)
                 if d is None:
                     continue
+                if not isinstance(d, Decision):
+                    raise PluginError(
+                        f"plugin {plugin_name!r} answered {d!r} ({type(d).__name__}) for parameter {name!r} from "
+                        "the function it returned from layerdecay_param_policy; the contract is a "
+                        "layerdecay.Decision or None.",
+                        plugin=plugin_name,
+                    )
                 if decay is None and d.weight_decay is not None:
                     decay, reason, decay_by = d.weight_decay, d.reason, plugin_name
                 if extra is None and d.lr_mult is not None:

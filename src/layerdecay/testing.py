@@ -56,7 +56,10 @@ def model_from_params(
     def make(path: str) -> nn.Module:
         kids = children.get(path, [])
         if kids and all(k.isdigit() for k in kids) and path:
-            module: nn.Module = nn.ModuleList([make(f"{path}.{k}") for k in sorted(kids, key=int)])
+            # Indices may have gaps (``cpb_mlp.0``, ``cpb_mlp.2``): keep them as the names.
+            module: nn.Module = nn.ModuleList()
+            for k in sorted(kids, key=int):
+                module.add_module(k, make(f"{path}.{k}"))
             return module
         cls_name = next((n for rx, n in types if rx.fullmatch(path)), "Module")
         module = _module_class(cls_name)()

@@ -1,1 +1,67 @@
-"""layerdecay plugin for the convnext family (work in progress)."""
+"""layerdecay plugin for ConvNeXt (v1, v2, head-norm-first) from timm, torchvision, transformers and the paper's repo.
+
+The module itself is the plugin object (entry point ``convnext`` in the group ``layerdecay``). It claims
+a model when it finds a ConvNeXt in it by structure (see :mod:`layerdecay_convnext._layout`), wherever it
+sits: the whole model, an HF ``*For*`` class's base model, a detector's ``backbone``, a user's wrapper.
+
+Recipes (``recipe=``):
+
+- ``"official"`` (default): the ConvNeXt paper's 12-group rule, generalized to any depth.
+- ``"block"``: one id per block, each downsample with its stage's first block.
+- ``"stage"``: one id per stage, each downsample with its stage.
+- ``"timm"``: the ids of timm's ``param_groups_layer_decay`` (``group_matcher``), for any library.
+
+Weight decay needs no plugin policy: the core decides by meaning (norms and GRN by module type, layer
+scale by name), so torchvision's ``[C,1,1]`` layer scale and transformers' ``[1,1,1,4C]`` GRN get the
+same decision as timm's 1-D ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from layerdecay import ModelView, hookimpl, select_recipe
+from layerdecay_convnext._layout import Layout, find_layout
+from layerdecay_convnext._recipes import RECIPES, LayerIds, layer_ids
+
+__all__ = ["PLUGIN_NAME", "RECIPES", "layerdecay_layer_id", "layerdecay_num_layers", "layout_of"]
+
+PLUGIN_NAME = "convnext"
+_OWNER = "the convnext plugin"
+
+
+def layout_of(model: ModelView) -> Layout | None:
+    """The ConvNeXt found in the model (memoized in the view's cache), or None when there is none."""
+    cache = model.cache.setdefault(PLUGIN_NAME, {})
+    if "layout" not in cache:
+        cache["layout"] = find_layout(model)
+    return cache["layout"]
+
+
+def _ids(model: ModelView, recipe: str | None) -> LayerIds | None:
+    layout = layout_of(model)
+    if layout is None:
+        return None
+    resolved = select_recipe(recipe, RECIPES, owner=_OWNER)
+    cache = model.cache[PLUGIN_NAME]
+    if resolved not in cache:
+        cache[resolved] = layer_ids(layout, model.names, resolved)
+    return cache[resolved]
+
+
+@hookimpl
+def layerdecay_num_layers(model: ModelView, recipe: str | None) -> int | None:
+    """Claim ConvNeXt models; the count follows the model's own depths, frozen parameters included."""
+    found = _ids(model, recipe)
+    return None if found is None else found.num_layers
+
+
+@hookimpl
+def layerdecay_layer_id(model: ModelView, recipe: str | None, num_layers: int) -> Callable[[str], int] | None:
+    """Stem, downsample and block parameters by the recipe; everything else (norm, head, neck) at the top."""
+    found = _ids(model, recipe)
+    if found is None:
+        return None
+    ids = found.ids
+    top = num_layers - 1
+    return lambda name: ids.get(name, top)

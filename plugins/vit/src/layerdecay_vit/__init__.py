@@ -1,1 +1,82 @@
-"""layerdecay plugin for the vit family (work in progress)."""
+"""layerdecay plugin for plain vision transformers: ViT, DeiT (distilled), DeiT-3, BEiT, EVA-02, DINOv2, CLIP.
+
+The model is recognized by structure (see :mod:`layerdecay_vit._layout`), so timm, torchvision, transformers
+4 and 5, and the research repos (MAE, DeiT, BEiT) get the same plan, bare, wrapped or nested as a backbone.
+
+Recipes (``recipe=``):
+
+- ``"mae"`` (default; MAE ``util/lr_decay.py``): tokens, position embedding, patch embedding -> 0;
+  block ``i`` -> ``i + 1``; everything else (final norm, ``fc_norm``, heads) -> ``depth + 1``.
+- ``"beit"`` (BEiT ``optim_factory.py``): the same ids; BEiT's shared relative-position bias goes to the top
+  layer, which is also where MAE's rule puts it.
+- ``"timm"`` (``timm.optim.param_groups_layer_decay`` through ``group_matcher()``): stem (incl. ``norm_pre``
+  and the shared relative-position bias) -> 0; block ``i`` -> ``i + 1``; the final norm shares the last
+  block's id; everything else -> a top layer that exists only when something is left for it.
+
+Weight decay is left to the core's "by meaning" defaults, which already agree with every recipe here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from layerdecay import ModelView, hookimpl, select_recipe
+from layerdecay_vit._layout import BLOCK, FINAL_NORM, SHARED_REL_POS, STEM, ViTLayout, find_layout
+
+__all__ = ["PLUGIN_NAME", "RECIPES", "layer_ids", "layerdecay_layer_id", "layerdecay_num_layers", "layout"]
+
+PLUGIN_NAME = "vit"
+RECIPES = ("mae", "beit", "timm")
+_OWNER = "the vit plugin"
+
+
+def layout(view: ModelView) -> ViTLayout | None:
+    """The model's ViT layout, analysed once per plan (memoized in ``view.cache``)."""
+    if PLUGIN_NAME not in view.cache:
+        view.cache[PLUGIN_NAME] = find_layout(view)
+    return view.cache[PLUGIN_NAME]
+
+
+def layer_ids(found: ViTLayout, recipe: str) -> tuple[dict[str, int], int]:
+    """Every parameter name -> layer id under ``recipe``, and the number of layer ids."""
+    depth = found.depth
+    roles = found.roles
+    if recipe == "timm":
+        # timm's matcher: stem 0, blocks 1..depth, final norm merged into the last block (its 99999 suffix),
+        # anything unmatched at max id + 1, counted over all parameters: no leftovers, no top layer.
+        has_top = any(role not in (STEM, BLOCK, FINAL_NORM, SHARED_REL_POS) for role, _ in roles.values())
+        top = depth + 1 if has_top else depth
+        by_role = {STEM: 0, SHARED_REL_POS: 0, FINAL_NORM: depth}
+    else:
+        # MAE and BEiT: depth + 2 ids; the shared relative-position bias and the final norm are "the rest".
+        top = depth + 1
+        by_role = {STEM: 0, SHARED_REL_POS: top, FINAL_NORM: top}
+    ids = {name: index + 1 if role == BLOCK else by_role.get(role, top) for name, (role, index) in roles.items()}
+    return ids, top + 1
+
+
+def _plan_ids(view: ModelView, recipe: str | None) -> tuple[dict[str, int], int] | None:
+    found = layout(view)
+    if found is None:
+        return None
+    chosen = select_recipe(recipe, RECIPES, owner=_OWNER)
+    key = f"{PLUGIN_NAME}:{chosen}"
+    if key not in view.cache:
+        view.cache[key] = layer_ids(found, chosen)
+    return view.cache[key]
+
+
+@hookimpl
+def layerdecay_num_layers(model: ModelView, recipe: str | None) -> int | None:
+    planned = _plan_ids(model, recipe)
+    return None if planned is None else planned[1]
+
+
+@hookimpl
+def layerdecay_layer_id(model: ModelView, recipe: str | None, num_layers: int) -> Callable[[str], int] | None:
+    planned = _plan_ids(model, recipe)
+    if planned is None:
+        return None
+    ids = planned[0]
+    top = num_layers - 1
+    return lambda name: ids.get(name, top)

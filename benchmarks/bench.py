@@ -1,0 +1,239 @@
+"""Planning and optimizer benchmarks: layerdecay against timm and against the cost of listing parameters.
+
+Run ``python benchmarks/bench.py`` for the full table (a few minutes on 2 cores), ``--quick`` for a smoke
+run (seconds; the test suite runs it once so this file never rots), ``--json FILE`` to keep the numbers.
+Every time is the median of ``--repeats`` runs after one warm-up, all in this one process, so the ratios
+compare like with like. Models are built on the ``meta`` device unless a step is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import layerdecay
+
+Row = dict[str, Any]
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def meta_model(arch: str, **kwargs: Any) -> torch.nn.Module:
+    import timm
+
+    with torch.device("meta"):
+        return timm.create_model(arch, pretrained=False, **kwargs)
+
+
+def listing(model: torch.nn.Module) -> None:
+    for _, p in model.named_parameters():
+        p.shape  # noqa: B018  (reading the shape is part of the floor)
+
+
+def timm_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+    from timm.optim import param_groups_layer_decay
+
+    nwd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    return param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.75, no_weight_decay_list=nwd)
+
+
+def plan_case(label: str, model: torch.nn.Module, repeats: int) -> Row:
+    """Plan time: param_groups against listing the parameters and against timm."""
+    floor = median_time(lambda: listing(model), repeats)
+    ours = median_time(lambda: layerdecay.param_groups(model, lr=1e-3, layer_decay=0.75), repeats)
+    explain = median_time(lambda: layerdecay.explain(model, layer_decay=0.75), repeats)
+    theirs = median_time(lambda: timm_groups(model), repeats)
+    plan = layerdecay.explain(model, layer_decay=0.75)
+    return {
+        "case": label,
+        "tensors": sum(1 for _ in model.parameters()),
+        "owner": plan.owner,
+        "floor_ms": floor * 1e3,
+        "ours_ms": ours * 1e3,
+        "explain_ms": explain * 1e3,
+        "timm_ms": theirs * 1e3,
+        "ours_vs_floor": ours / floor,
+        "explain_vs_floor": explain / floor,
+        "timm_vs_floor": theirs / floor,
+        "timm_vs_ours": theirs / ours,
+        "our_groups": len(plan.groups),
+        "timm_groups": len(timm_groups(model)),
+    }
+
+
+def build_case(label: str, model: torch.nn.Module, repeats: int) -> Row:
+    """End to end: build_optimizer against timm's create_optimizer_v2(..., layer_decay=...)."""
+    from timm.optim import create_optimizer_v2
+
+    ours = median_time(lambda: layerdecay.build_optimizer(model, "adamw", lr=1e-3, layer_decay=0.75), repeats)
+    theirs = median_time(
+        lambda: create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75), repeats
+    )
+    return {"case": label, "ours_ms": ours * 1e3, "timm_ms": theirs * 1e3, "ours_vs_timm": ours / theirs,
+            "groups": len(layerdecay.explain(model).groups)}
+
+
+def scaling(depths: tuple[int, int], repeats: int) -> Row:
+    small, large = (meta_model("vit_base_patch16_224", depth=d) for d in depths)
+    t_small = median_time(lambda: layerdecay.param_groups(small, lr=1e-3), repeats)
+    t_large = median_time(lambda: layerdecay.param_groups(large, lr=1e-3), repeats)
+    tensors = (sum(1 for _ in small.parameters()), sum(1 for _ in large.parameters()))
+    return {"depths": list(depths), "tensors": list(tensors), "small_ms": t_small * 1e3, "large_ms": t_large * 1e3,
+            "time_ratio": t_large / t_small, "size_ratio": tensors[1] / tensors[0]}
+
+
+def _subprocess_median(code: str, repeats: int) -> float:
+    times = []
+    for _ in range(repeats + 1):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        times.append(float(out.stdout.strip()))
+    return statistics.median(times[1:])
+
+
+def import_costs(repeats: int) -> Row:
+    """Fresh interpreters: import torch alone, torch then layerdecay, and plugin discovery."""
+    clock = "import time; t = time.perf_counter(); "
+    ours = _subprocess_median("import torch; " + clock + "import layerdecay; print(time.perf_counter() - t)", repeats)
+    discovery = _subprocess_median(
+        "import torch, layerdecay; " + clock + "layerdecay.create_plugin_host(); print(time.perf_counter() - t)",
+        repeats,
+    )
+    heavy = subprocess.run(
+        [sys.executable, "-c", "import sys, torch, layerdecay; m = torch.nn.Linear(2, 2); "
+         "layerdecay.build_optimizer(m, 'adamw', lr=0.1, layer_decay=1.0); layerdecay.create_plugin_host(); "
+         "print(sorted(x for x in ('timm', 'torchvision', 'transformers') if x in sys.modules))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    return {"import_layerdecay_after_torch_ms": ours * 1e3, "plugin_discovery_ms": discovery * 1e3,
+            "heavy_modules_after_plan_and_discovery": heavy}
+
+
+def step_case(depth: int, repeats: int) -> list[Row]:
+    """AdamW step time with the plan's groups against a single group (same model, CPU)."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, depth=depth)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    rows = []
+    for impl in ("foreach", "fused"):
+        flags = {impl: True}
+        single = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, **flags)
+        grouped = layerdecay.build_optimizer(model, "adamw", lr=1e-3, layer_decay=0.75, **flags)
+        t_single = median_time(single.step, repeats)
+        t_grouped = median_time(grouped.step, repeats)
+        rows.append({"impl": impl, "depth": depth, "single_ms": t_single * 1e3, "grouped_ms": t_grouped * 1e3,
+                     "ratio": t_grouped / t_single, "groups": len(grouped.param_groups),
+                     "timm_groups": len(timm_groups(model))})
+    return rows
+
+
+def memory_case(depth: int) -> Row:
+    """Peak RSS growth of planning a meta-device model, in a fresh process."""
+    code = (
+        "import resource, torch, timm, layerdecay, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        f"with torch.device('meta'): m = timm.create_model('vit_base_patch16_224', pretrained=False, depth={depth})\n"
+        "layerdecay.create_plugin_host()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "plan = layerdecay.explain(m); groups = plan.param_groups(1e-3)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print((after - before) / 1024, sum(p.is_meta for p in plan.parameters), len(plan.parameters))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return {"depth": depth, "peak_rss_growth_mib": float(out[0]), "meta_tensors": int(out[1]), "tensors": int(out[2])}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def table(rows: list[Row], columns: list[str]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models, 1 repeat: a smoke run")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore", layerdecay.LayerDecayWarning)
+    repeats = args.repeats or (1 if args.quick else 7)
+    gc.collect()
+
+    if args.quick:
+        plan_models = [("vit_tiny_patch16_224", {}), ("convnext_atto", {}), ("vit_tiny_patch16_224", {"depth": 50})]
+        build_models = plan_models[:1]
+        depths, step_depth, memory_depth = (20, 80), 1, 100
+    else:
+        plan_models = [
+            ("vit_base_patch16_224", {}), ("convnext_tiny", {}), ("swin_large_patch4_window7_224", {}),
+            ("vit_giant_patch14_224", {}), ("eva02_large_patch14_224", {}), ("vit_base_patch16_224", {"depth": 1000}),
+        ]
+        build_models = [("vit_base_patch16_224", {}), ("convnext_tiny", {}), ("vit_base_patch16_224", {"depth": 1000})]
+        depths, step_depth, memory_depth = (400, 4000), 12, 4000
+
+    def label(arch: str, kw: dict[str, Any]) -> str:
+        return arch + "".join(f" {k}={v}" for k, v in kw.items())
+
+    results: dict[str, Any] = {"machine": machine(), "repeats": repeats, "quick": args.quick}
+    results["plan"] = [plan_case(label(a, kw), meta_model(a, **kw), repeats) for a, kw in plan_models]
+    results["build"] = [build_case(label(a, kw), meta_model(a, **kw), repeats) for a, kw in build_models]
+    results["scaling"] = scaling(depths, repeats)
+    results["imports"] = import_costs(max(1, min(repeats, 5)))
+    results["step"] = step_case(step_depth, max(1, min(repeats, 5)))
+    results["memory"] = memory_case(memory_depth)
+
+    print(f"machine: {results['machine']}; median of {repeats} after a warm-up\n")
+    print("plan time (param_groups; floor = listing named_parameters and reading shapes)")
+    print(table(results["plan"], ["case", "tensors", "owner", "floor_ms", "ours_ms", "timm_ms", "ours_vs_floor",
+                                  "explain_vs_floor", "timm_vs_floor", "timm_vs_ours", "our_groups", "timm_groups"]))
+    print("\nbuild_optimizer end to end against timm's create_optimizer_v2(..., layer_decay=0.75)")
+    print(table(results["build"], ["case", "groups", "ours_ms", "timm_ms", "ours_vs_timm"]))
+    print("\nscaling")
+    print(table([results["scaling"]], ["depths", "tensors", "small_ms", "large_ms", "time_ratio", "size_ratio"]))
+    print("\nimports (fresh interpreters)")
+    print(table([results["imports"]], list(results["imports"])))
+    print("\noptimizer step, ViT-B/16 on CPU: the plan's groups against one group")
+    print(table(results["step"], ["impl", "depth", "groups", "timm_groups", "single_ms", "grouped_ms", "ratio"]))
+    print("\nmemory")
+    print(table([results["memory"]], list(results["memory"])))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

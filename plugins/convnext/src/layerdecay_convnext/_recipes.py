@@ -1,0 +1,124 @@
+"""The ConvNeXt recipes: a role (stem, downsample, block, norm_pre) -> layer id, for any depth.
+
+Each recipe works on roles, never on a library's spelling, so the same configuration gets the same id for
+the same module in timm, torchvision, transformers and the research repo. Parameters without a role
+(final norm, head, a detector's neck) go to the top id. When nothing is left outside the backbone (a bare
+feature extractor) there is no separate top, so no layer id is ever empty.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from layerdecay_convnext._layout import NORM_PRE, Layout, Role
+
+__all__ = ["RECIPES", "LayerIds", "layer_ids"]
+
+# The first one is the default: the ConvNeXt paper's published recipe.
+RECIPES = ("official", "block", "stage", "timm")
+
+# timm sorts parameters by a key tuple (group ordinal, stage, block); norm_pre's key marks "same group as
+# the previous key". Outside parameters (head) sort last.
+_MERGE_WITH_PREVIOUS = "merge"
+
+
+@dataclass(frozen=True)
+class LayerIds:
+    """Layer ids of every parameter with a role (others: the top), and the number of ids."""
+
+    ids: dict[str, int]
+    num_layers: int
+
+
+def _official(role: Role, depths: tuple[int, ...]) -> int | None:
+    """The ConvNeXt repo's 12-group rule, with the deep stage grouped by three blocks at any depth.
+
+    For four stages: stem 0; stage 0 -> 1; stage 1 (with its downsample) -> 2; stage-2 downsample -> 3,
+    stage-2 block b -> 3 + b // 3; stage 3 (with its downsample) -> 3 + ceil(depth2 / 3). With another
+    number of stages, the stages before the penultimate one get one id each, the penultimate is grouped
+    by three and the last gets one id.
+    """
+    kind = role[0]
+    if kind == "stem":
+        return 0
+    if kind == NORM_PRE:
+        return None
+    stage = role[1]
+    deep = len(depths) - 2  # the stage grouped by three
+    if stage < deep:
+        return stage + 1
+    if stage == deep:
+        return deep + 1 + (role[2] // 3 if kind == "block" else 0)
+    return deep + 1 + math.ceil(depths[deep] / 3)
+
+
+def _block(role: Role, depths: tuple[int, ...]) -> int | None:
+    kind = role[0]
+    if kind == "stem":
+        return 0
+    if kind == NORM_PRE:
+        return None
+    before = sum(depths[: role[1]])
+    return 1 + before + (role[2] if kind == "block" else 0)
+
+
+def _stage(role: Role, depths: tuple[int, ...]) -> int | None:
+    kind = role[0]
+    if kind == "stem":
+        return 0
+    if kind == NORM_PRE:
+        return None
+    return role[1] + 1
+
+
+def _timm_key(role: Role) -> tuple[int, ...] | str:
+    kind = role[0]
+    if kind == "stem":
+        return (0,)
+    if kind == NORM_PRE:
+        return _MERGE_WITH_PREVIOUS
+    return (1, role[1], role[2] if kind == "block" else 0)
+
+
+def _timm_ids(layout: Layout, names: tuple[str, ...]) -> LayerIds:
+    """timm's ``group_matcher`` ordering: ordinals over the keys that hold parameters, frozen ones too."""
+    keyed: dict[str, tuple[int, ...]] = {}
+    merged: list[str] = []
+    outside = False
+    for name in names:
+        role = layout.role_of(name)
+        if role is None:
+            outside = True
+            continue
+        key = _timm_key(role)
+        if key == _MERGE_WITH_PREVIOUS:
+            merged.append(name)
+        else:
+            keyed[name] = key  # type: ignore[assignment]
+    ordinal = {key: i for i, key in enumerate(sorted(set(keyed.values())))}
+    ids = {name: ordinal[key] for name, key in keyed.items()}
+    last = len(ordinal) - 1
+    ids.update(dict.fromkeys(merged, last))
+    return LayerIds(ids, last + 1 + int(outside))
+
+
+_RULES = {"official": _official, "block": _block, "stage": _stage}
+
+
+def layer_ids(layout: Layout, names: tuple[str, ...], recipe: str) -> LayerIds:
+    """Layer ids of ``names`` (every parameter of the model, frozen ones included) under ``recipe``."""
+    if recipe == "timm":
+        return _timm_ids(layout, names)
+    rule = _RULES[recipe]
+    ids: dict[str, int] = {}
+    outside = False
+    for name in names:
+        role = layout.role_of(name)
+        lid = rule(role, layout.depths) if role is not None else None
+        if lid is None:
+            outside = True
+        else:
+            ids[name] = lid
+    backbone_top = max(ids.values(), default=0)
+    return LayerIds(ids, backbone_top + 1 + int(outside))

@@ -1,0 +1,64 @@
+"""Small hand-made models with known structure, shared by the core's tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import layerdecay
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, dim)
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.gamma * self.fc(self.norm(x))
+
+
+class TinyNet(nn.Module):
+    """embed -> N blocks -> norm -> head: the shape every fine-tuning recipe assumes."""
+
+    def __init__(self, depth: int = 4, dim: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Linear(5, dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 4, dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.ModuleList([Block(dim) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x) + self.pos_embed[:, : x.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x).mean(1))
+
+
+class TinyRule:
+    """A plugin that owns TinyNet: embed/tokens -> 0, blocks.i -> i+1, the rest -> top."""
+
+    __name__ = "tiny-rule"
+
+    @layerdecay.hookimpl
+    def layerdecay_num_layers(self, model, recipe):
+        if not isinstance(model.model, TinyNet):
+            return None
+        return len(model.model.blocks) + 2
+
+    @layerdecay.hookimpl
+    def layerdecay_layer_id(self, model, num_layers):
+        if not isinstance(model.model, TinyNet):
+            return None
+
+        def layer_id(name: str) -> int:
+            if name.startswith(("embed", "pos_embed", "cls_token")):
+                return 0
+            if name.startswith("blocks."):
+                return int(name.split(".")[1]) + 1
+            return num_layers - 1
+
+        return layer_id

@@ -1,0 +1,166 @@
+"""The plan's invariants: coverage, frozen and tied parameters, groups, wrappers, meta, no mutation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+import layerdecay
+from tests.models import TinyNet
+
+
+class DDPLike(nn.Module):
+    """Holds the model as ``module``, as DistributedDataParallel and DataParallel do."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+
+class FSDPLike(nn.Module):
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self._fsdp_wrapped_module = module
+
+
+def plan_signature(plan: layerdecay.Plan) -> list[tuple]:
+    return [(r.name, r.shape, r.layer_id, r.lr_mult, r.weight_decay, r.reason, r.group) for r in plan.rows]
+
+
+def test_every_trainable_parameter_in_exactly_one_group(tiny, tiny_host):
+    groups = layerdecay.param_groups(tiny, lr=0.1, host=tiny_host, named=False)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in tiny.parameters()}
+    assert all(g["params"] for g in groups)
+
+
+def test_frozen_parameters_in_no_group_and_scales_unchanged(tiny, tiny_host):
+    full = layerdecay.explain(tiny, host=tiny_host)
+    for p in list(tiny.embed.parameters()) + list(tiny.blocks[0].parameters()):
+        p.requires_grad_(False)
+    frozen = layerdecay.explain(tiny, host=tiny_host)
+    assert frozen.num_layers == full.num_layers
+    assert not any(r.name.startswith(("embed.", "blocks.0.")) for r in frozen.rows)
+    full_mult = {r.name: r.lr_mult for r in full.rows}
+    assert all(full_mult[r.name] == r.lr_mult for r in frozen.rows)
+
+
+def test_frozen_parameters_do_not_shift_fallback_layers(bare_host):
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    with pytest.warns(layerdecay.LayerDecayWarning):
+        full = layerdecay.explain(model, host=bare_host)
+    model.patch_embed.requires_grad_(False)
+    model.blocks[0].requires_grad_(False)
+    with pytest.warns(layerdecay.LayerDecayWarning):
+        frozen = layerdecay.explain(model, host=bare_host)
+    full_mult = {r.name: r.lr_mult for r in full.rows}
+    assert frozen.num_layers == full.num_layers
+    assert all(full_mult[r.name] == r.lr_mult for r in frozen.rows)
+
+
+def test_tied_parameters_appear_once(tiny_host):
+    model = TinyNet(classes=8)
+    model.head.weight = model.embed.weight if model.embed.weight.shape == model.head.weight.shape else None
+    model.head = nn.Linear(8, 8)
+    model.blocks[1].fc.weight = model.blocks[0].fc.weight
+    plan = layerdecay.explain(model, host=tiny_host)
+    names = [r.name for r in plan.rows]
+    assert "blocks.0.fc.weight" in names and "blocks.1.fc.weight" not in names
+    groups = layerdecay.param_groups(model, lr=0.1, host=tiny_host, named=False)
+    torch.optim.AdamW(groups)  # torch rejects a parameter that appears twice
+
+
+def test_no_empty_groups_and_minimal_count(tiny, tiny_host):
+    plan = layerdecay.explain(tiny, host=tiny_host)
+    assert all(g.rows for g in plan.groups)
+    assert len(plan.groups) == len({(r.lr_mult, r.weight_decay) for r in plan.rows})
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(lambda m: DDPLike(m), id="module"),
+        pytest.param(lambda m: torch.compile(m), id="compile"),
+        pytest.param(lambda m: FSDPLike(m), id="fsdp1"),
+        pytest.param(lambda m: checkpoint_wrapper(m), id="checkpoint"),
+        pytest.param(lambda m: DDPLike(torch.compile(FSDPLike(m))), id="nested"),
+        pytest.param(lambda m: torch.compile(DDPLike(checkpoint_wrapper(m))), id="nested-other-order"),
+    ],
+)
+def test_wrapped_model_gets_the_bare_plan(tiny, tiny_host, wrap):
+    bare = layerdecay.explain(tiny, host=tiny_host)
+    wrapped_model = wrap(tiny)
+    assert [n for n, _ in wrapped_model.named_children()] != [n for n, _ in tiny.named_children()]
+    wrapped = layerdecay.explain(wrapped_model, host=tiny_host)
+    assert plan_signature(wrapped) == plan_signature(bare)
+
+
+def test_mid_path_wrappers_are_stripped(tiny, tiny_host):
+    bare = layerdecay.explain(tiny, host=tiny_host)
+    for i, block in enumerate(tiny.blocks):
+        tiny.blocks[i] = FSDPLike(checkpoint_wrapper(block)) if i % 2 else checkpoint_wrapper(FSDPLike(block))
+    names = [n for n, _ in tiny.named_parameters()]
+    assert any("._fsdp_wrapped_module." in n for n in names)
+    assert plan_signature(layerdecay.explain(FSDPLike(tiny), host=tiny_host)) == plan_signature(bare)
+
+
+def test_real_ddp_wrapper(tiny, tiny_host, tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(tiny)
+        assert plan_signature(layerdecay.explain(ddp, host=tiny_host)) == plan_signature(
+            layerdecay.explain(tiny, host=tiny_host)
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_no_weight_decay_found_through_wrappers(bare_host):
+    class WithList(TinyNet):
+        def no_weight_decay(self):
+            return {"embed.weight"}
+
+    model = WithList()
+    with pytest.warns(layerdecay.LayerDecayWarning):
+        plan = layerdecay.explain(DDPLike(torch.compile(model)), host=bare_host)
+    assert plan.row("embed.weight").weight_decay == 0.0
+    assert plan.row("embed.weight").reason == "model.no_weight_decay()"
+
+
+def test_meta_device_model(tiny_host):
+    with torch.device("meta"):
+        model = TinyNet(depth=3)
+    plan = layerdecay.explain(model, host=tiny_host)
+    assert plan.num_layers == 5
+    assert all(p.is_meta for p in plan.parameters)
+
+
+def test_model_is_never_mutated(tiny, tiny_host):
+    snapshot = copy.deepcopy(tiny.state_dict())
+    flags = {n: p.requires_grad for n, p in tiny.named_parameters()}
+    ids = {n: id(p) for n, p in tiny.named_parameters()}
+    tiny.blocks[1].requires_grad_(False)
+    flags = {n: p.requires_grad for n, p in tiny.named_parameters()}
+    layerdecay.explain(tiny, host=tiny_host)
+    layerdecay.param_groups(tiny, lr=0.1, host=tiny_host)
+    layerdecay.build_optimizer(tiny, "adamw", lr=0.1, host=tiny_host)
+    assert flags == {n: p.requires_grad for n, p in tiny.named_parameters()}
+    assert ids == {n: id(p) for n, p in tiny.named_parameters()}
+    assert all(torch.equal(snapshot[k], v) for k, v in tiny.state_dict().items())
+
+
+def test_strip_wrapper_prefixes_on_text():
+    strip = layerdecay.strip_wrapper_prefixes
+    assert strip("module._orig_mod.blocks.0._fsdp_wrapped_module.fc.weight") == "blocks.0.fc.weight"
+    assert strip("_checkpoint_wrapped_module.module.head.bias") == "head.bias"
+    assert strip("encoder.module.weight") == "encoder.module.weight"  # a real attribute called module
