@@ -150,7 +150,10 @@ def test_embeddings_placed_by_the_rule_are_not_reported(host):
     ("encoder.pos_embedding", (1, 197, 768), True),
     ("class_token", (1, 1, 768), True),
     ("mask_token", (768,), True),
-    ("extra_queries", (1, 10, 256), True),  # by shape alone
+    ("extra_queries", (1, 10, 256), True),  # by shape alone, held by the model itself
+    ("attn_pool.latent", (1, 1, 768), False),  # the same shape inside a module: that module's state
+    ("rel_pos_bias.relative_position_bias_table", (732, 12), False),
+    ("blocks.0.attn.relative_position_bias_table", (1, 169, 3), False),
     ("post_layernorm.weight", (768,), False),
     ("head.weight", (1000, 768), False),
     ("blocks.0.attn.proj.weight", (768, 768), False),
@@ -213,8 +216,8 @@ def test_warnings_reach_the_table(host):
 def test_check_plan_on_facts_alone():
     facts = PlanFacts(
         model_name="M", num_layers=9, layer_decay=0.8, owner="p",
-        params=[ParamFact("a", (2,), 0), ParamFact("b", (2,), 4), ParamFact("c", (2,), 8)],
-        all_layer_ids={0, 4, 8, 5}, clamped=[0, 1, 2, 4], min_scale=0.1,
+        trainable=3, used_layer_ids={0, 4, 8}, top_params=[ParamFact("c", (2,), 8)],
+        all_layer_ids=lambda: {0, 4, 8, 5}, clamped=[0, 1, 2, 4], min_scale=0.1,
     )
     notes = check_plan(facts)
     assert notes[0].startswith("min_scale=0.1 raised the scale of 4 layer id(s) (0-2, 4)")

@@ -110,6 +110,7 @@ class PluginHost:
     def __init__(self, pm: pluggy.PluginManager, infos: Sequence[PluginInfo]) -> None:
         self._pm = pm
         self._infos = tuple(infos)
+        self._sources = {info.name: info.source for info in self._infos}
         self._call_order: dict[str, tuple[Any, ...]] = {}
         for spec_name in ("layerdecay_num_layers", "layerdecay_layer_id", "layerdecay_param_policy",
                           "layerdecay_lr_scale"):
@@ -179,9 +180,11 @@ class PluginHost:
         """(layer count, owner, rivals), or None when no plugin claims the model.
 
         The owner is the first (latest-registered) plugin that answers ``layerdecay_num_layers``. The
-        plugins after it are asked too, so that two plugins claiming one model are reported (rivals)
-        rather than silently shadowed; ``trylast`` implementations (the generic fallback) are skipped,
-        since answering only when nobody else does is their purpose.
+        plugins of the same source after it (two installed plugins, or two rules of one call) are asked
+        too, so that two plugins claiming one model are reported (rivals) rather than silently shadowed.
+        A plugin of a later source (a registered rule, a call's ``plugins=``) overriding an installed one
+        is deliberate and documented precedence, not a rivalry. ``trylast`` implementations (the generic
+        fallback) are skipped, since answering only when nobody else does is their purpose.
         """
         kwargs = {"model": view, "recipe": recipe}
         impls = self._call_order["layerdecay_num_layers"]
@@ -201,8 +204,9 @@ class PluginHost:
                 plugin=plugin,
             )
         rivals = []
+        source = self._sources.get(plugin)
         for impl in impls[index + 1:]:
-            if impl.trylast:
+            if impl.trylast or self._sources.get(impl.plugin_name) != source:
                 continue
             try:
                 answer = self._call(impl, "layerdecay_num_layers", kwargs)

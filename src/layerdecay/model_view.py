@@ -67,11 +67,12 @@ class ModelView:
         params: The parameters, aligned with ``names``.
         owners: The module that owns each parameter, aligned with ``names``.
         modules: Normalized module path -> module, for every module under the root (wrappers left out).
+            Use :meth:`span` for the parameters under a module.
         cache: Scratch space for plugins, so that ``layerdecay_num_layers`` and ``layerdecay_layer_id``
             can share one analysis of the model. Key it by your plugin's name.
     """
 
-    __slots__ = ("_index", "cache", "model", "modules", "names", "owners", "params")
+    __slots__ = ("_index", "_spans", "cache", "model", "modules", "names", "owners", "params")
 
     def __init__(self, model: nn.Module) -> None:
         names: list[str] = []
@@ -80,6 +81,7 @@ class ModelView:
         modules: dict[str, nn.Module] = {}
         seen_params: set[int] = set()
         seen_modules: set[nn.Module] = set()
+        spans: dict[str, tuple[int, int]] = {}
 
         add_name, add_param, add_owner = names.append, params.append, owners.append
         mark_param, mark_module = seen_params.add, seen_modules.add
@@ -95,7 +97,9 @@ class ModelView:
                 if inner is not None:
                     visit(prefix, inner)
                     return
-            modules[prefix[:-1]] = module
+            path = prefix[:-1]
+            modules[path] = module
+            start = len(names)
             for pname, param in module._parameters.items():
                 if param is None or id(param) in seen_params:
                     continue
@@ -110,6 +114,8 @@ class ModelView:
                     visit(prefix, child)
                 else:
                     visit(prefix + cname + ".", child)
+            if len(names) > start:
+                spans[path] = (start, len(names))
 
         root = unwrap(model)
         visit("", root)
@@ -119,6 +125,7 @@ class ModelView:
         self.owners: tuple[nn.Module, ...] = tuple(owners)
         self.modules = modules
         self.cache: dict[str, Any] = {}
+        self._spans = spans
         self._index: dict[str, int] | None = None
 
     def __len__(self) -> int:
@@ -137,6 +144,17 @@ class ModelView:
     def find_modules(self, predicate: Callable[[str, nn.Module], bool]) -> Iterator[tuple[str, nn.Module]]:
         """Modules (path, module) for which ``predicate(path, module)`` holds, in tree order."""
         return ((path, m) for path, m in self.modules.items() if predicate(path, m))
+
+    def span(self, path: str) -> range:
+        """Positions in ``names``/``params`` of the parameters under the module at ``path`` ('' = all).
+
+        Parameters are listed depth-first, so a module's parameters (its own, then its children's) are one
+        contiguous run: structure questions ("how many weights does this block hold?") cost a slice, not a
+        walk of the subtree. A shared (tied) parameter counts where it was first seen. Empty for a module
+        without parameters, or an unknown path.
+        """
+        start, stop = self._spans.get(path, (0, 0))
+        return range(start, stop)
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The full (global) shape of a parameter; DTensor shards report their global shape too."""

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal, NamedTuple
 
 import torch
 
-__all__ = ["GroupSpec", "LayerSummary", "Plan", "PlanRow", "ScaleMode"]
+__all__ = ["GroupSpec", "LayerSummary", "Plan", "PlanColumns", "PlanRow", "ScaleMode"]
 
 ScaleMode = Literal["lr", "lr_scale"]
 SCALE_MODES: tuple[str, ...] = ("lr", "lr_scale")
@@ -68,12 +69,29 @@ class LayerSummary(NamedTuple):
     examples: tuple[str, ...]
 
 
+class PlanColumns(NamedTuple):
+    """The plan's per-parameter decisions, one list per field, aligned with ``Plan.parameters``.
+
+    The planner fills these in its loop; :attr:`Plan.rows` turns them into :class:`PlanRow` objects only
+    when someone reads them, so building an optimizer never pays for rows nobody looks at.
+    """
+
+    names: list[str]
+    layer_ids: list[int]
+    lr_mults: list[float]
+    weight_decays: list[float]
+    reasons: list[str]
+    decay_by: list[str]
+    excluded: list[bool]
+    layer_by: str
+
+
 @dataclass(frozen=True, eq=False)
 class Plan:
     """The result of planning a model: rows, layers, groups and warnings.
 
     Attributes:
-        rows: One :class:`PlanRow` per trainable parameter, in model order.
+        rows: One :class:`PlanRow` per trainable parameter, in model order (built on first access).
         num_layers: Number of layer ids.
         scales: The learning-rate multiplier of each layer id.
         layer_decay: The decay factor used.
@@ -86,7 +104,6 @@ class Plan:
         parameters: The tensors, aligned with ``rows``.
     """
 
-    rows: tuple[PlanRow, ...]
     num_layers: int
     scales: tuple[float, ...]
     layer_decay: float
@@ -97,19 +114,38 @@ class Plan:
     warnings: tuple[str, ...]
     groups: tuple[GroupSpec, ...]
     parameters: tuple[torch.Tensor, ...] = field(repr=False)
+    columns: PlanColumns = field(repr=False)
+
+    @cached_property
+    def rows(self) -> tuple[PlanRow, ...]:
+        c = self.columns
+        group_of = [""] * len(c.names)
+        for spec in self.groups:
+            for i in spec.rows:
+                group_of[i] = spec.name
+        shapes = [tuple(p.shape) for p in self.parameters]
+        numels = [p.numel() for p in self.parameters]
+        return tuple(
+            map(
+                PlanRow._make,
+                zip(c.names, shapes, numels, c.layer_ids, c.lr_mults, c.weight_decays, c.reasons, group_of,
+                    [c.layer_by] * len(c.names), c.decay_by, c.excluded, strict=True),
+            )
+        )
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.columns.names)}
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.columns.names)
 
     def __iter__(self) -> Iterator[PlanRow]:
         return iter(self.rows)
 
     def row(self, name: str) -> PlanRow:
         """The row of the parameter called ``name`` (normalized)."""
-        for r in self.rows:
-            if r.name == name:
-                return r
-        raise KeyError(name)
+        return self.rows[self._index[name]]
 
     def param_groups(self, lr: float, *, scale_mode: ScaleMode = "lr", named: bool = True) -> list[dict[str, Any]]:
         """Param groups for any ``torch.optim`` optimizer.
@@ -127,10 +163,10 @@ class Plan:
         a weight-decay schedule can rescale it later (:func:`layerdecay.training.set_lr`).
         """
         groups = []
-        rows, params = self.rows, self.parameters
+        names, params = self.columns.names, self.parameters
         for spec in self.groups:
             if named:
-                members: list[Any] = [(rows[i].name, params[i]) for i in spec.rows]
+                members: list[Any] = [(names[i], params[i]) for i in spec.rows]
             else:
                 members = [params[i] for i in spec.rows]
             group: dict[str, Any] = {
@@ -170,6 +206,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything in the plan as plain data (what :meth:`to_json` writes)."""
+        names = self.columns.names
         return {
             "num_layers": self.num_layers,
             "layer_decay": self.layer_decay,
@@ -182,7 +219,7 @@ class Plan:
             "layers": [s._asdict() | {"examples": list(s.examples)} for s in self.layers()],
             "groups": [
                 {"name": g.name, "layer_ids": list(g.layer_ids), "lr_mult": g.lr_mult,
-                 "weight_decay": g.weight_decay, "params": [self.rows[i].name for i in g.rows]}
+                 "weight_decay": g.weight_decay, "params": [names[i] for i in g.rows]}
                 for g in self.groups
             ],
             "params": [r._asdict() | {"shape": list(r.shape)} for r in self.rows],

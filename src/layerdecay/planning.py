@@ -15,7 +15,7 @@ from layerdecay.errors import ConfigError, LayerDecayError, LayerDecayWarning, M
 from layerdecay.manager import PluginHost, default_host
 from layerdecay.model_view import ModelView
 from layerdecay.patterns import PatternSet
-from layerdecay.plan import GroupSpec, Plan, PlanRow, format_group_name
+from layerdecay.plan import GroupSpec, Plan, PlanColumns, format_group_name
 from layerdecay.policy import Decision, Policy
 from layerdecay.recipes import select_recipe
 from layerdecay.validation import ParamFact, PlanFacts, check_plan
@@ -179,19 +179,22 @@ def make_plan(
     if user is not None:
         policies.insert(0, ("options", user))
 
-    rows, params = _plan_rows(view, layer_fn, layer_by, num_layers, scales, weight_decay, policies)
+    columns, params, members = _plan_columns(view, layer_fn, layer_by, num_layers, scales, weight_decay, policies)
+    groups = _group_specs(columns, members)
 
+    top = num_layers - 1
+    lids = columns.layer_ids
     notes += check_plan(PlanFacts(
         model_name=type(view.model).__name__, num_layers=num_layers, layer_decay=layer_decay, owner=owner,
-        fallback=fallback, params=[ParamFact(r[8], tuple(r[9].shape), r[0]) for r in rows],
-        all_layer_ids=_all_layer_ids(view, layer_fn, num_layers),
+        fallback=fallback, trainable=len(lids), used_layer_ids=set(lids),
+        top_params=[ParamFact(columns.names[i], tuple(params[i].shape), top)
+                    for i in range(len(lids)) if lids[i] == top],
+        all_layer_ids=lambda: _all_layer_ids(view, layer_fn, num_layers),
         unused_patterns={p.option: p.unused() for p in (nwd_patterns, mult_patterns)},
         clamped=clamped, min_scale=min_scale,
     ))
 
-    plan_rows, groups = _group_rows(rows)
     plan = Plan(
-        rows=tuple(plan_rows),
         num_layers=num_layers,
         scales=tuple(scales),
         layer_decay=layer_decay,
@@ -200,8 +203,9 @@ def make_plan(
         owner=owner,
         fallback=fallback,
         warnings=tuple(notes),
-        groups=tuple(groups),
+        groups=groups,
         parameters=tuple(params),
+        columns=columns,
     )
     if notes:
         if strict:
@@ -220,62 +224,106 @@ def _all_layer_ids(view: ModelView, layer_fn: Any, num_layers: int) -> set[int]:
     return out
 
 
-# A row before grouping: (layer_id, lr_mult, lr_extra, weight_decay, reason, layer_by, decay_by, excluded, name, param)
-_Raw = tuple[int, float, float | None, float, str, str, str, bool, str, Any]
+def _bad_layer_id(layer_by: str, name: str, lid: object, num_layers: int) -> PluginError:
+    return PluginError(
+        f"plugin {layer_by!r} gave parameter {name!r} the layer id {lid!r} ({type(lid).__name__}) "
+        f"in layerdecay_layer_id; the contract is an int in 0..{num_layers - 1} "
+        f"(num_layers={num_layers}). The plugin is at fault; disable it with "
+        f"LAYERDECAY_DISABLE_PLUGINS={layer_by} (or disable=[{layer_by!r}]).",
+        plugin=layer_by,
+    )
 
 
-def _plan_rows(view: ModelView, layer_fn: Any, layer_by: str, num_layers: int, scales: list[float],
-               weight_decay: float, policies: list[tuple[str, Policy]]) -> tuple[list[_Raw], list[Any]]:
-    rows: list[_Raw] = []
+def _bad_decision(plugin_name: str, name: str, d: object) -> PluginError:
+    return PluginError(
+        f"plugin {plugin_name!r} answered {d!r} ({type(d).__name__}) for parameter {name!r} from "
+        "the function it returned from layerdecay_param_policy; the contract is a "
+        "layerdecay.Decision or None.",
+        plugin=plugin_name,
+    )
+
+
+def _plan_columns(
+    view: ModelView, layer_fn: Any, layer_by: str, num_layers: int, scales: list[float],
+    weight_decay: float, policies: list[tuple[str, Policy]],
+) -> tuple[PlanColumns, list[Any], dict[tuple[float, float], tuple[list[int], set[float | None]]]]:
+    """The planning loop: one pass over the trainable parameters, straight into columns and groups.
+
+    This is the hot path of every plan, so it appends to lists, keeps lookups local and groups rows by
+    (lr multiplier, weight decay) as it goes. Answers from plugin functions are checked here, and an
+    exception from one is re-raised naming the plugin.
+    """
+    names: list[str] = []
+    lids: list[int] = []
+    mults: list[float] = []
+    wds: list[float] = []
+    reasons: list[str] = []
+    deciders: list[str] = []
+    excluded: list[bool] = []
     params: list[Any] = []
-    names, tensors, owners = view.names, view.params, view.owners
-    culprit = layer_by
-    hook = "layerdecay_layer_id"
+    # (lr_mult, weight_decay) -> (row indices, the lr_mult patterns' factors seen in them)
+    members: dict[tuple[float, float], tuple[list[int], set[float | None]]] = {}
+    only = policies[0] if len(policies) == 1 else None
+    tensors, owners = view.params, view.owners
+    culprit, hook = layer_by, "layerdecay_layer_id"
     try:
-        for i, name in enumerate(names):
+        for i, name in enumerate(view.names):
             param = tensors[i]
             if not param.requires_grad:
                 continue
             culprit, hook = layer_by, "layerdecay_layer_id"
             lid = layer_fn(name)
             if type(lid) is not int or not 0 <= lid < num_layers:
-                raise PluginError(
-                    f"plugin {layer_by!r} gave parameter {name!r} the layer id {lid!r} ({type(lid).__name__}) "
-                    f"in layerdecay_layer_id; the contract is an int in 0..{num_layers - 1} "
-                    f"(num_layers={num_layers}). The plugin is at fault; disable it with "
-                    f"LAYERDECAY_DISABLE_PLUGINS={layer_by} (or disable=[{layer_by!r}]).",
-                    plugin=layer_by,
-                )
-            decay = reason = extra = wd_mult = exclude = None
-            decay_by = "core"
-            module = owners[i]
+                raise _bad_layer_id(layer_by, name, lid, num_layers)
             hook = "layerdecay_param_policy"
-            for plugin_name, policy in policies:
-                culprit = plugin_name
-                d = policy(name, param, module)
+            if only is not None:
+                # One policy (the usual case: the core's defaults): its answer is the decision.
+                culprit = decay_by = only[0]
+                d = only[1](name, param, owners[i])
                 if d is None:
-                    continue
-                if not isinstance(d, Decision):
-                    raise PluginError(
-                        f"plugin {plugin_name!r} answered {d!r} ({type(d).__name__}) for parameter {name!r} from "
-                        "the function it returned from layerdecay_param_policy; the contract is a "
-                        "layerdecay.Decision or None.",
-                        plugin=plugin_name,
-                    )
-                if decay is None and d.weight_decay is not None:
-                    decay, reason, decay_by = d.weight_decay, d.reason, plugin_name
-                if extra is None and d.lr_mult is not None:
-                    extra = d.lr_mult
-                if wd_mult is None and d.wd_mult is not None:
-                    wd_mult = d.wd_mult
-                if exclude is None and d.exclude is not None:
-                    exclude = d.exclude
+                    decay = reason = extra = wd_mult = exclude = None
+                elif isinstance(d, Decision):
+                    decay, reason, extra, wd_mult, exclude = d
+                else:
+                    raise _bad_decision(culprit, name, d)
+            else:
+                decay = reason = extra = wd_mult = exclude = None
+                decay_by = "core"
+                module = owners[i]
+                for plugin_name, policy in policies:
+                    culprit = plugin_name
+                    d = policy(name, param, module)
+                    if d is None:
+                        continue
+                    if not isinstance(d, Decision):
+                        raise _bad_decision(plugin_name, name, d)
+                    if decay is None and d.weight_decay is not None:
+                        decay, reason, decay_by = d.weight_decay, d.reason, plugin_name
+                    if extra is None and d.lr_mult is not None:
+                        extra = d.lr_mult
+                    if wd_mult is None and d.wd_mult is not None:
+                        wd_mult = d.wd_mult
+                    if exclude is None and d.exclude is not None:
+                        exclude = d.exclude
             if decay is None:
                 decay, reason = param.ndim > 1, "no policy answered; by ndim"
-            mult = scales[lid] * (extra if extra is not None else 1.0)
-            wd = weight_decay * (wd_mult if wd_mult is not None else 1.0) if decay else 0.0
-            rows.append((lid, mult, extra, wd, reason or ("weight" if decay else "no decay"),
-                         layer_by, decay_by, bool(exclude), name, param))
+            mult = scales[lid] if extra is None else scales[lid] * extra
+            wd = (weight_decay if wd_mult is None else weight_decay * wd_mult) if decay else 0.0
+            if exclude:
+                excluded.append(True)
+            else:
+                excluded.append(False)
+                group = members.get((mult, wd))
+                if group is None:
+                    group = members[(mult, wd)] = ([], set())
+                group[0].append(len(names))
+                group[1].add(extra)
+            names.append(name)
+            lids.append(lid)
+            mults.append(mult)
+            wds.append(wd)
+            reasons.append(reason or ("weight" if decay else "no decay"))
+            deciders.append(decay_by)
             params.append(param)
     except LayerDecayError:
         raise
@@ -284,36 +332,21 @@ def _plan_rows(view: ModelView, layer_fn: Any, layer_by: str, num_layers: int, s
             f"plugin {culprit!r} raised {type(exc).__name__} in the function it returned from {hook}: {exc}",
             plugin=culprit,
         ) from exc
-    return rows, params
+    columns = PlanColumns(names, lids, mults, wds, reasons, deciders, excluded, layer_by)
+    return columns, params, members
 
 
-def _group_rows(rows: list[_Raw]) -> tuple[list[PlanRow], list[GroupSpec]]:
-    """Merge rows with equal (lr_mult, weight_decay) into groups, in a deterministic order."""
-    members: dict[tuple[float, float], list[int]] = {}
-    for index, row in enumerate(rows):
-        if row[7]:
-            continue
-        members.setdefault((row[1], row[3]), []).append(index)
-
+def _group_specs(
+    columns: PlanColumns, members: dict[tuple[float, float], tuple[list[int], set[float | None]]]
+) -> tuple[GroupSpec, ...]:
+    """Groups of rows with equal (lr_mult, weight_decay), in a deterministic order: by lowest layer id,
+    decayed before not decayed, then by multiplier."""
+    lids = columns.layer_ids
     specs = []
-    for (mult, wd), indices in members.items():
-        layer_ids = tuple(sorted({rows[i][0] for i in indices}))
-        extras = {rows[i][2] for i in indices}
-        extra = extras.pop() if len(extras) == 1 else None
-        specs.append((layer_ids, wd, mult, extra, indices))
+    for (mult, wd), (rows, extras) in members.items():
+        layer_ids = tuple(sorted({lids[i] for i in rows}))
+        extra = next(iter(extras)) if len(extras) == 1 else None
+        specs.append((layer_ids, wd, mult, extra, rows))
     specs.sort(key=lambda s: (s[0][0], s[1] == 0.0, s[2]))
-
-    group_of: dict[int, str] = {}
-    groups = []
-    for layer_ids, wd, mult, extra, indices in specs:
-        name = format_group_name(layer_ids, wd > 0.0, extra)
-        for i in indices:
-            group_of[i] = name
-        groups.append(GroupSpec(name, layer_ids, mult, wd, tuple(indices)))
-
-    plan_rows = [
-        PlanRow(row[8], tuple(row[9].shape), row[9].numel(), row[0], row[1], row[3], row[4],
-                group_of.get(index, ""), row[5], row[6], row[7])
-        for index, row in enumerate(rows)
-    ]
-    return plan_rows, groups
+    return tuple(GroupSpec(format_group_name(ids, wd > 0.0, extra), ids, mult, wd, tuple(rows))
+                 for ids, wd, mult, extra, rows in specs)

@@ -109,12 +109,22 @@ def _model_no_weight_decay(view: ModelView) -> tuple[frozenset[str], tuple[str, 
     """
     names: set[str] = set()
     keywords: list[str] = []
+    # Which classes define the lists, asked once per class: a deep model has many modules, few classes.
+    lists_of: dict[type, tuple[bool, bool]] = {}
     for path, module in view.modules.items():
         cls = type(module)
+        has = lists_of.get(cls)
+        if has is None:
+            has = lists_of[cls] = (
+                callable(getattr(cls, "no_weight_decay", None)),
+                callable(getattr(cls, "no_weight_decay_keywords", None)),
+            )
+        if not (has[0] or has[1]):
+            continue
         prefix = path + "." if path else ""
-        if callable(getattr(cls, "no_weight_decay", None)):
+        if has[0]:
             names.update(prefix + n for n in module.no_weight_decay())
-        if callable(getattr(cls, "no_weight_decay_keywords", None)):
+        if has[1]:
             keywords.extend(module.no_weight_decay_keywords())
     return frozenset(names), tuple(keywords)
 

@@ -10,7 +10,7 @@ as :class:`~layerdecay.errors.LayerDecayWarning`, or raises one :class:`~layerde
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -30,7 +30,7 @@ class ParamFact(NamedTuple):
 
 @dataclass(frozen=True)
 class PlanFacts:
-    """Everything the checks look at, gathered by the planner.
+    """Everything the checks look at, gathered by the planner without a second pass over the model.
 
     Attributes:
         model_name: The model's class name, for messages.
@@ -38,9 +38,12 @@ class PlanFacts:
         layer_decay: The decay factor asked for.
         owner: The plugin that claimed the model, or None when none did.
         fallback: How the generic fallback found the layers, when it was used.
-        params: Trainable parameters with their layer ids, in model order.
+        trainable: Number of trainable parameters.
+        used_layer_ids: Layer ids that hold a trainable parameter.
+        top_params: The trainable parameters in the top layer, with their shapes.
         all_layer_ids: Layer ids of every parameter, frozen ones included (a layer that holds only frozen
-            parameters is not a gap). None means: the trainable ones only.
+            parameters is not a gap); a collection, or a function computing it, called only when a layer
+            id is unused. None means: the trainable ones only.
         unused_patterns: Option name (``no_weight_decay``, ``lr_mult``) -> its patterns that matched nothing.
         clamped: Layer ids whose scale ``min_scale`` raised.
         min_scale: The floor that was applied.
@@ -51,8 +54,10 @@ class PlanFacts:
     layer_decay: float
     owner: str | None
     fallback: str | None = None
-    params: Sequence[ParamFact] = ()
-    all_layer_ids: Collection[int] | None = None
+    trainable: int = 0
+    used_layer_ids: Collection[int] = ()
+    top_params: Sequence[ParamFact] = ()
+    all_layer_ids: Collection[int] | Callable[[], Collection[int]] | None = None
     unused_patterns: Mapping[str, Sequence[str]] = field(default_factory=dict)
     clamped: Sequence[int] = ()
     min_scale: float = 0.0
@@ -63,12 +68,23 @@ class PlanFacts:
 _EMBED_PIECE = re.compile(r"^(?:\w*embed\w*|\w*tokens?|pos|posit\w*)$")
 
 
+_RELATIVE_POSITION = ("rel_pos", "relative_position", "position_bias")
+
+
 def looks_like_embedding(name: str, shape: Sequence[int]) -> bool:
-    """Whether a parameter looks like an embedding, a token or a position table (by name or [1,N,C] shape)."""
-    pieces = re.split(r"[._]", name.lower())
+    """Whether a parameter looks like an input embedding, a token or an absolute position table.
+
+    By name pieces, or by a ``[1, N, C]`` shape for a parameter the model holds directly (a nested one of
+    that shape, such as an attention-pool query, belongs to its module). Relative-position biases are
+    attention state, not embeddings.
+    """
+    lowered = name.lower()
+    if any(marker in lowered for marker in _RELATIVE_POSITION):
+        return False
+    pieces = re.split(r"[._]", lowered)
     if any(_EMBED_PIECE.match(p) for p in pieces if p):
         return True
-    return len(shape) == 3 and shape[0] == 1
+    return "." not in name and len(shape) == 3 and shape[0] == 1
 
 
 def _listed(items: Sequence[str]) -> str:
@@ -127,25 +143,25 @@ def _unused_patterns(facts: PlanFacts) -> list[str]:
 
 def _collapsed(facts: PlanFacts) -> list[str]:
     """A claimed model whose trainable parameters all share one layer id: decay does nothing."""
-    if facts.owner is None or facts.layer_decay == 1.0 or not facts.params:
+    if facts.owner is None or facts.layer_decay == 1.0 or not facts.trainable:
         return []
-    used = {p.layer_id for p in facts.params}
-    if len(used) != 1:
+    if len(facts.used_layer_ids) != 1:
         return []
-    (lid,) = used
-    return [f"all {len(facts.params)} trainable parameters of {facts.model_name} are in layer id {lid} "
+    (lid,) = facts.used_layer_ids
+    return [f"all {facts.trainable} trainable parameters of {facts.model_name} are in layer id {lid} "
             f"(of {facts.num_layers}), so layer_decay has no effect; plugin {facts.owner!r} did not tell the "
             "layers apart."]
 
 
 def _gaps(facts: PlanFacts) -> list[str]:
     """Layer ids that no parameter uses: the scale jumps by more than one factor across them."""
-    if facts.owner is None or not facts.params:
+    if facts.owner is None or not facts.trainable:
         return []
-    used = {p.layer_id for p in facts.params}
-    if len(used) <= 1:
-        return []  # reported as collapsed
-    holders = set(facts.all_layer_ids) if facts.all_layer_ids is not None else used
+    used = set(facts.used_layer_ids)
+    if len(used) <= 1 or len(used) == facts.num_layers:
+        return []  # collapsed (reported as such), or no gap
+    holders = facts.all_layer_ids() if callable(facts.all_layer_ids) else facts.all_layer_ids
+    holders = set(holders) if holders is not None else used
     empty = [i for i in range(facts.num_layers) if i not in used and i not in holders]
     if not empty:
         return []
@@ -158,7 +174,7 @@ def _embeddings_on_top(facts: PlanFacts) -> list[str]:
     top = facts.num_layers - 1
     if top == 0:
         return []
-    names = [p.name for p in facts.params if p.layer_id == top and looks_like_embedding(p.name, p.shape)]
+    names = [p.name for p in facts.top_params if p.layer_id == top and looks_like_embedding(p.name, p.shape)]
     if not names:
         return []
     return [f"{len(names)} parameter(s) in the top layer {top} look like embeddings or tokens ({_listed(names)}); "
