@@ -276,3 +276,23 @@ def test_import_does_not_load_rich_or_matplotlib():
     proc = _python("-c", code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_rules_file_feeds_explain_and_flags_win(tmp_path, capsys):
+    rules = tmp_path / "rules.toml"
+    rules.write_text('layer_decay = 0.5\nweight_decay = 0.1\nno_weight_decay = ["head.weight"]\n')
+    spec = "tests.models:TinyNet"
+    assert main(["explain", spec, "--rules", str(rules), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["layer_decay"] == 0.5 and data["weight_decay"] == 0.1
+    head = next(p for p in data["params"] if p["name"] == "head.weight")
+    assert head["weight_decay"] == 0.0 and head["reason"] == "no_weight_decay pattern 'head.weight'"
+    assert main(["explain", spec, "--rules", str(rules), "--layer-decay", "0.9", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layer_decay"] == 0.9
+
+
+def test_malformed_rules_file_is_a_usage_error(tmp_path, capsys):
+    rules = tmp_path / "rules.toml"
+    rules.write_text("layer_decay = \n")
+    assert main(["explain", "tests.models:TinyNet", "--rules", str(rules)]) == 2
+    assert "rules.toml" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -61,11 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the plan of a model, built on the meta device (no weights, no memory).",
     )
     ex.add_argument("model", help=MODEL_HELP)
-    ex.add_argument("--layer-decay", type=_number(0.0, exclusive=True), default=0.75,
+    ex.add_argument("--layer-decay", type=_number(0.0, exclusive=True), default=None,
                     help="per-layer lr factor (default 0.75; 1 disables it)")
-    ex.add_argument("--weight-decay", type=_number(0.0), default=0.05, help="base weight decay (default 0.05)")
+    ex.add_argument("--weight-decay", type=_number(0.0), default=None, help="base weight decay (default 0.05)")
     ex.add_argument("--recipe", default=None, help="recipe of the owning plugin (default: the published one)")
-    ex.add_argument("--min-scale", type=_number(0.0, maximum=1.0), default=0.0, help="floor for layer scales")
+    ex.add_argument("--min-scale", type=_number(0.0, maximum=1.0), default=None, help="floor for layer scales")
+    ex.add_argument("--rules", metavar="FILE", default=None,
+                    help="options from a TOML/JSON/YAML rule file (see docs/rules.md); flags given here win")
     ex.add_argument("--no-weight-decay", action="append", default=None, metavar="PATTERN",
                     help="exclude parameters matching PATTERN from weight decay (repeatable)")
     ex.add_argument("--lr-mult", action="append", type=_lr_mult_item, default=None, metavar="PATTERN=MULT",
@@ -88,16 +91,31 @@ def _recipe(text: str | None) -> str | None:
     return None if text in (None, "", "default") else text
 
 
-def _plan(model: Any, args: argparse.Namespace, recipe: str | None) -> Any:
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """explain() options: the rule file's, then the flags given on the command line over them."""
+    from layerdecay.rules import load_rules
+
+    options: dict[str, Any] = load_rules(args.rules) if args.rules else {}
+    flags = {
+        "layer_decay": args.layer_decay,
+        "weight_decay": args.weight_decay,
+        "min_scale": args.min_scale,
+        "no_weight_decay": args.no_weight_decay,
+        "lr_mult": dict(args.lr_mult) if args.lr_mult else None,
+        "strict": True if args.strict else None,
+        "recipe": args.recipe,
+    }
+    options.update({key: value for key, value in flags.items() if value is not None})
+    options["recipe"] = _recipe(options.get("recipe"))
+    return options
+
+
+def _plan(model: Any, options: dict[str, Any], **override: Any) -> Any:
     from layerdecay.api import explain
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LayerDecayWarning)  # shown in the table / JSON instead
-        return explain(
-            model, layer_decay=args.layer_decay, weight_decay=args.weight_decay, recipe=_recipe(recipe),
-            min_scale=args.min_scale, no_weight_decay=args.no_weight_decay,
-            lr_mult=dict(args.lr_mult) if args.lr_mult else None, strict=args.strict,
-        )
+        return explain(model, **(options | override))
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -108,9 +126,10 @@ def _explain(args: argparse.Namespace) -> int:
         from layerdecay.plot import require_matplotlib
 
         require_matplotlib()  # fail before the (possibly slow) model build
+    options = _options(args)
     model = build_model(args.model)
-    plan = _plan(model, args, args.recipe)
-    other = _plan(model, args, args.compare) if args.compare is not None else None
+    plan = _plan(model, options)
+    other = _plan(model, options, recipe=_recipe(args.compare)) if args.compare is not None else None
     comparison = compare_plans(plan, other) if other is not None else None
 
     if args.json:
@@ -161,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "explain":
             return _explain(args)
         return _plugins()
+    except BrokenPipeError:  # the reader (``| head``) went away: not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except ConfigError as exc:
         print(f"layerdecay: error: {exc}", file=sys.stderr)
         return 2

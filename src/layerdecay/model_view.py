@@ -37,6 +37,20 @@ def _wrapped_child(module: nn.Module) -> nn.Module | None:
     return None
 
 
+def _flat_view_shapes(module: nn.Module, into: dict[int, torch.Size]) -> None:
+    """Record the real shapes behind FSDP1 ``use_orig_params=True`` views (each rank sees flat 1-D shards).
+
+    FSDP1 offers no public way to ask; its flat parameter keeps the originals and their shapes side by side.
+    Read defensively: on any other layout nothing is recorded and shapes are taken from the tensors.
+    """
+    flat = getattr(getattr(module, "_handle", None), "flat_param", None)
+    originals = getattr(flat, "_params", None)
+    shapes = getattr(flat, "_shapes", None)
+    if originals is not None and shapes is not None and len(originals) == len(shapes):
+        for param, shape in zip(originals, shapes, strict=True):
+            into[id(param)] = torch.Size(shape)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """Peel wrappers off ``model`` (DDP, DataParallel, compile, FSDP1, checkpoint wrappers, nested)."""
     while (inner := _wrapped_child(model)) is not None:
@@ -68,11 +82,13 @@ class ModelView:
         owners: The module that owns each parameter, aligned with ``names``.
         modules: Normalized module path -> module, for every module under the root (wrappers left out).
             Use :meth:`span` for the parameters under a module.
+        true_shapes: ``id(param)`` -> real shape, for the parameters whose tensor shows something else (FSDP1
+            ``use_orig_params=True`` flat views); empty for ordinary models. :meth:`shape_of` reads it.
         cache: Scratch space for plugins, so that ``layerdecay_num_layers`` and ``layerdecay_layer_id``
             can share one analysis of the model. Key it by your plugin's name.
     """
 
-    __slots__ = ("_index", "_spans", "cache", "model", "modules", "names", "owners", "params")
+    __slots__ = ("_index", "_spans", "cache", "model", "modules", "names", "owners", "params", "true_shapes")
 
     def __init__(self, model: nn.Module) -> None:
         names: list[str] = []
@@ -82,6 +98,7 @@ class ModelView:
         seen_params: set[int] = set()
         seen_modules: set[nn.Module] = set()
         spans: dict[str, tuple[int, int]] = {}
+        flat_shapes: dict[int, torch.Size] = {}
 
         add_name, add_param, add_owner = names.append, params.append, owners.append
         mark_param, mark_module = seen_params.add, seen_modules.add
@@ -95,6 +112,8 @@ class ModelView:
             if len(children) == 1:
                 inner = _wrapped_child(module)
                 if inner is not None:
+                    if "_fsdp_wrapped_module" in children:
+                        _flat_view_shapes(module, flat_shapes)
                     visit(prefix, inner)
                     return
             path = prefix[:-1]
@@ -117,15 +136,15 @@ class ModelView:
             if len(names) > start:
                 spans[path] = (start, len(names))
 
-        root = unwrap(model)
-        visit("", root)
-        self.model = root
+        visit("", model)  # wrappers around the root are peeled by visit too (and their FSDP1 shapes read)
+        self.model = unwrap(model)
         self.names: tuple[str, ...] = tuple(names)
         self.params: tuple[torch.Tensor, ...] = tuple(params)
         self.owners: tuple[nn.Module, ...] = tuple(owners)
         self.modules = modules
         self.cache: dict[str, Any] = {}
         self._spans = spans
+        self.true_shapes = flat_shapes
         self._index: dict[str, int] | None = None
 
     def __len__(self) -> int:
@@ -156,6 +175,11 @@ class ModelView:
         start, stop = self._spans.get(path, (0, 0))
         return range(start, stop)
 
+    def shape_of(self, param: torch.Tensor) -> torch.Size:
+        """The real, full shape of a parameter: DTensor shards report their global shape, and FSDP1 flat views
+        are looked up in :attr:`true_shapes`."""
+        return self.true_shapes.get(id(param), param.shape) if self.true_shapes else param.shape
+
     def shape(self, name: str) -> tuple[int, ...]:
-        """The full (global) shape of a parameter; DTensor shards report their global shape too."""
-        return tuple(self.params[self.index(name)].shape)
+        """The real, full shape of the parameter called ``name`` (see :meth:`shape_of`)."""
+        return tuple(self.shape_of(self.params[self.index(name)]))

@@ -102,6 +102,7 @@ class Plan:
         warnings: Everything worth a second look; also issued as Python warnings.
         groups: The param groups, in their deterministic order.
         parameters: The tensors, aligned with ``rows``.
+        shapes: The real shapes, where a tensor shows another (FSDP1 flat views); None when they agree.
     """
 
     num_layers: int
@@ -115,6 +116,7 @@ class Plan:
     groups: tuple[GroupSpec, ...]
     parameters: tuple[torch.Tensor, ...] = field(repr=False)
     columns: PlanColumns = field(repr=False)
+    shapes: tuple[torch.Size, ...] | None = field(default=None, repr=False)
 
     @cached_property
     def rows(self) -> tuple[PlanRow, ...]:
@@ -123,8 +125,12 @@ class Plan:
         for spec in self.groups:
             for i in spec.rows:
                 group_of[i] = spec.name
-        shapes = [tuple(p.shape) for p in self.parameters]
-        numels = [p.numel() for p in self.parameters]
+        if self.shapes is None:
+            shapes = [tuple(p.shape) for p in self.parameters]
+            numels = [p.numel() for p in self.parameters]
+        else:  # real shapes behind flat views (FSDP1)
+            shapes = [tuple(s) for s in self.shapes]
+            numels = [s.numel() for s in self.shapes]
         return tuple(
             map(
                 PlanRow._make,

@@ -187,7 +187,7 @@ def make_plan(
     notes += check_plan(PlanFacts(
         model_name=type(view.model).__name__, num_layers=num_layers, layer_decay=layer_decay, owner=owner,
         fallback=fallback, trainable=len(lids), used_layer_ids=set(lids),
-        top_params=[ParamFact(columns.names[i], tuple(params[i].shape), top)
+        top_params=[ParamFact(columns.names[i], tuple(view.shape_of(params[i])), top)
                     for i in range(len(lids)) if lids[i] == top],
         all_layer_ids=lambda: _all_layer_ids(view, layer_fn, num_layers),
         unused_patterns={p.option: p.unused() for p in (nwd_patterns, mult_patterns)},
@@ -206,6 +206,7 @@ def make_plan(
         groups=groups,
         parameters=tuple(params),
         columns=columns,
+        shapes=tuple(map(view.shape_of, params)) if view.true_shapes else None,
     )
     if notes:
         if strict:
@@ -306,7 +307,7 @@ def _plan_columns(
                     if exclude is None and d.exclude is not None:
                         exclude = d.exclude
             if decay is None:
-                decay, reason = param.ndim > 1, "no policy answered; by ndim"
+                decay, reason = len(view.shape_of(param)) > 1, "no policy answered; by ndim"
             mult = scales[lid] if extra is None else scales[lid] * extra
             wd = (weight_decay if wd_mult is None else weight_decay * wd_mult) if decay else 0.0
             if exclude:

@@ -134,6 +134,7 @@ def meaning_policy(view: ModelView) -> Policy:
     by_type: dict[type, Decision | None] = {}
     by_local: dict[str, Decision | None] = {}
     listed, keywords = _model_no_weight_decay(view)
+    true_shapes = view.true_shapes
 
     def policy(name: str, param: torch.Tensor, module: nn.Module) -> Decision:
         cls = type(module)
@@ -159,7 +160,7 @@ def meaning_policy(view: ModelView) -> Policy:
         for marker in _RELATIVE_POSITION_MARKERS:
             if marker in name:
                 return RELATIVE_POSITION
-        if param.ndim <= 1:
+        if (len(true_shapes[id(param)]) if true_shapes and id(param) in true_shapes else param.ndim) <= 1:
             return ONE_D
         return WEIGHT
 
