@@ -18,6 +18,7 @@ DIST = Path(__file__).parent / "dist"
 sys.path.insert(0, str(DIST))
 from ldtrain_common import make_model  # noqa: E402
 
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     import torch.distributed as dist

@@ -11,7 +11,9 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-__all__ = ["GroupSpec", "LayerSummary", "Plan", "PlanColumns", "PlanRow", "ScaleMode"]
+from layerdecay._gc import gc_paused
+
+__all__ = ["Bucket", "GroupSpec", "LayerSummary", "Plan", "PlanRow", "Resolved", "ScaleMode"]
 
 ScaleMode = Literal["lr", "lr_scale"]
 SCALE_MODES: tuple[str, ...] = ("lr", "lr_scale")
@@ -69,21 +71,29 @@ class LayerSummary(NamedTuple):
     examples: tuple[str, ...]
 
 
-class PlanColumns(NamedTuple):
-    """The plan's per-parameter decisions, one list per field, aligned with ``Plan.parameters``.
+class Resolved(NamedTuple):
+    """A parameter's final policy outcome: every field decided, and by whom."""
 
-    The planner fills these in its loop; :attr:`Plan.rows` turns them into :class:`PlanRow` objects only
-    when someone reads them, so building an optimizer never pays for rows nobody looks at.
+    decay: bool
+    reason: str
+    lr_mult: float | None
+    wd_mult: float | None
+    exclude: bool
+    decided_by: str
+
+
+class Bucket(NamedTuple):
+    """Parameters that share a layer id and a policy outcome, hence every hyperparameter.
+
+    The planning loop only appends each parameter's position (in the model view) to its bucket; rows,
+    groups and param groups are all derived from the buckets, when they are asked for.
     """
 
-    names: list[str]
-    layer_ids: list[int]
-    lr_mults: list[float]
-    weight_decays: list[float]
-    reasons: list[str]
-    decay_by: list[str]
-    excluded: list[bool]
-    layer_by: str
+    layer_id: int
+    resolved: Resolved
+    lr_mult: float
+    weight_decay: float
+    members: list[int]
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,9 +110,8 @@ class Plan:
         owner: The plugin that claimed the model (answered ``layerdecay_num_layers``), or None.
         fallback: How the generic fallback found the layers, when it was used.
         warnings: Everything worth a second look; also issued as Python warnings.
-        groups: The param groups, in their deterministic order.
+        groups: The param groups, in their deterministic order (``GroupSpec.rows`` index ``rows``).
         parameters: The tensors, aligned with ``rows``.
-        shapes: The real shapes, where a tensor shows another (FSDP1 flat views); None when they agree.
     """
 
     num_layers: int
@@ -113,38 +122,76 @@ class Plan:
     owner: str | None
     fallback: str | None
     warnings: tuple[str, ...]
-    groups: tuple[GroupSpec, ...]
-    parameters: tuple[torch.Tensor, ...] = field(repr=False)
-    columns: PlanColumns = field(repr=False)
-    shapes: tuple[torch.Size, ...] | None = field(default=None, repr=False)
+    layer_by: str = field(repr=False)
+    buckets: tuple[Bucket, ...] = field(repr=False)
+    # The model view's names and tensors (every parameter, frozen ones included); buckets index into them.
+    view_names: tuple[str, ...] = field(repr=False)
+    view_params: tuple[torch.Tensor, ...] = field(repr=False)
+    true_shapes: dict[int, torch.Size] = field(default_factory=dict, repr=False)
 
     @cached_property
-    def rows(self) -> tuple[PlanRow, ...]:
-        c = self.columns
-        group_of = [""] * len(c.names)
-        for spec in self.groups:
-            for i in spec.rows:
-                group_of[i] = spec.name
-        if self.shapes is None:
-            shapes = [tuple(p.shape) for p in self.parameters]
-            numels = [p.numel() for p in self.parameters]
-        else:  # real shapes behind flat views (FSDP1)
-            shapes = [tuple(s) for s in self.shapes]
-            numels = [s.numel() for s in self.shapes]
+    def _order(self) -> list[int]:
+        """View positions of the trainable parameters, in model order."""
+        return sorted(i for b in self.buckets for i in b.members)
+
+    @cached_property
+    def _merged(self) -> list[tuple[tuple[int, ...], float, float, float | None, list[int]]]:
+        """Groups as (layer ids, lr_mult, weight_decay, lr_mult pattern factor, view positions), sorted."""
+        merged: dict[tuple[float, float], list[Bucket]] = {}
+        for b in self.buckets:
+            if not b.resolved.exclude:
+                merged.setdefault((b.lr_mult, b.weight_decay), []).append(b)
+        out = []
+        for (mult, wd), parts in merged.items():
+            # A bucket's members are already in model order; only a merge of several needs sorting.
+            members = parts[0].members if len(parts) == 1 else sorted(i for b in parts for i in b.members)
+            ids = tuple(sorted({b.layer_id for b in parts}))
+            extras = {b.resolved.lr_mult for b in parts}
+            out.append((ids, mult, wd, next(iter(extras)) if len(extras) == 1 else None, members))
+        out.sort(key=lambda g: (g[0][0], g[2] == 0.0, g[1]))
+        return out
+
+    @cached_property
+    def groups(self) -> tuple[GroupSpec, ...]:
+        position = {v: k for k, v in enumerate(self._order)}
         return tuple(
-            map(
-                PlanRow._make,
-                zip(c.names, shapes, numels, c.layer_ids, c.lr_mults, c.weight_decays, c.reasons, group_of,
-                    [c.layer_by] * len(c.names), c.decay_by, c.excluded, strict=True),
-            )
+            GroupSpec(format_group_name(ids, wd > 0.0, extra), ids, mult, wd, tuple(position[i] for i in members))
+            for ids, mult, wd, extra, members in self._merged
         )
 
     @cached_property
+    def parameters(self) -> tuple[torch.Tensor, ...]:
+        params = self.view_params
+        return tuple(params[i] for i in self._order)
+
+    @cached_property
+    @gc_paused
+    def rows(self) -> tuple[PlanRow, ...]:
+        bucket_of: dict[int, Bucket] = {}
+        for b in self.buckets:
+            for i in b.members:
+                bucket_of[i] = b
+        group_of: dict[int, str] = {}
+        for ids, _mult, wd, extra, members in self._merged:
+            name = format_group_name(ids, wd > 0.0, extra)
+            for i in members:
+                group_of[i] = name
+        rows = []
+        for i in self._order:
+            b = bucket_of[i]
+            shape = self.true_shapes.get(id(self.view_params[i]), self.view_params[i].shape)
+            r = b.resolved
+            rows.append(PlanRow(self.view_names[i], tuple(shape), shape.numel(), b.layer_id, b.lr_mult,
+                                b.weight_decay, r.reason, group_of.get(i, ""), self.layer_by, r.decided_by,
+                                r.exclude))
+        return tuple(rows)
+
+    @cached_property
     def _index(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.columns.names)}
+        return {self.view_names[i]: k for k, i in enumerate(self._order)}
 
     def __len__(self) -> int:
-        return len(self.columns.names)
+        return len(self._order)
 
     def __iter__(self) -> Iterator[PlanRow]:
         return iter(self.rows)
@@ -153,6 +200,7 @@ class Plan:
         """The row of the parameter called ``name`` (normalized)."""
         return self.rows[self._index[name]]
 
+    @gc_paused
     def param_groups(self, lr: float, *, scale_mode: ScaleMode = "lr", named: bool = True) -> list[dict[str, Any]]:
         """Param groups for any ``torch.optim`` optimizer.
 
@@ -169,23 +217,23 @@ class Plan:
         a weight-decay schedule can rescale it later (:func:`layerdecay.training.set_lr`).
         """
         groups = []
-        names, params = self.columns.names, self.parameters
-        for spec in self.groups:
+        names, params = self.view_names, self.view_params
+        for ids, mult, wd, extra, rows in self._merged:
             if named:
-                members: list[Any] = [(names[i], params[i]) for i in spec.rows]
+                members: list[Any] = [(names[i], params[i]) for i in rows]
             else:
-                members = [params[i] for i in spec.rows]
+                members = [params[i] for i in rows]
             group: dict[str, Any] = {
                 "params": members,
-                "lr": lr * spec.lr_mult if scale_mode == "lr" else lr,
-                "weight_decay": spec.weight_decay,
-                "layer_id": spec.layer_ids[0],
-                "lr_mult": spec.lr_mult,
-                "wd_mult": spec.weight_decay / self.weight_decay if self.weight_decay else 0.0,
-                "group_name": spec.name,
+                "lr": lr * mult if scale_mode == "lr" else lr,
+                "weight_decay": wd,
+                "layer_id": ids[0],
+                "lr_mult": mult,
+                "wd_mult": wd / self.weight_decay if self.weight_decay else 0.0,
+                "group_name": format_group_name(ids, wd > 0.0, extra),
             }
             if scale_mode == "lr_scale":
-                group["lr_scale"] = spec.lr_mult
+                group["lr_scale"] = mult
             groups.append(group)
         return groups
 
@@ -212,7 +260,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything in the plan as plain data (what :meth:`to_json` writes)."""
-        names = self.columns.names
+        names = [r.name for r in self.rows]
         return {
             "num_layers": self.num_layers,
             "layer_decay": self.layer_decay,

@@ -11,11 +11,12 @@ from typing import Any
 from torch import nn
 
 from layerdecay import generic
+from layerdecay._gc import gc_paused
 from layerdecay.errors import ConfigError, LayerDecayError, LayerDecayWarning, ModelError, PlanError, PluginError
 from layerdecay.manager import PluginHost, default_host
 from layerdecay.model_view import ModelView
 from layerdecay.patterns import PatternSet
-from layerdecay.plan import GroupSpec, Plan, PlanColumns, format_group_name
+from layerdecay.plan import Bucket, Plan, Resolved
 from layerdecay.policy import Decision, Policy
 from layerdecay.recipes import select_recipe
 from layerdecay.validation import ParamFact, PlanFacts, check_plan
@@ -101,6 +102,7 @@ def _check_scales(scales: list[float], num_layers: int, plugin: str) -> None:
             )
 
 
+@gc_paused
 def make_plan(
     model: nn.Module,
     *,
@@ -179,16 +181,16 @@ def make_plan(
     if user is not None:
         policies.insert(0, ("options", user))
 
-    columns, params, members = _plan_columns(view, layer_fn, layer_by, num_layers, scales, weight_decay, policies)
-    groups = _group_specs(columns, members)
+    buckets = _plan_buckets(view, layer_fn, layer_by, num_layers, scales, weight_decay, policies)
 
     top = num_layers - 1
-    lids = columns.layer_ids
+    names, tensors = view.names, view.params
     notes += check_plan(PlanFacts(
         model_name=type(view.model).__name__, num_layers=num_layers, layer_decay=layer_decay, owner=owner,
-        fallback=fallback, trainable=len(lids), used_layer_ids=set(lids),
-        top_params=[ParamFact(columns.names[i], tuple(view.shape_of(params[i])), top)
-                    for i in range(len(lids)) if lids[i] == top],
+        fallback=fallback, trainable=sum(len(b.members) for b in buckets),
+        used_layer_ids={b.layer_id for b in buckets},
+        top_params=[ParamFact(names[i], tuple(view.shape_of(tensors[i])), top)
+                    for b in buckets if b.layer_id == top for i in b.members],
         all_layer_ids=lambda: _all_layer_ids(view, layer_fn, num_layers),
         unused_patterns={p.option: p.unused() for p in (nwd_patterns, mult_patterns)},
         clamped=clamped, min_scale=min_scale,
@@ -203,10 +205,11 @@ def make_plan(
         owner=owner,
         fallback=fallback,
         warnings=tuple(notes),
-        groups=groups,
-        parameters=tuple(params),
-        columns=columns,
-        shapes=tuple(map(view.shape_of, params)) if view.true_shapes else None,
+        layer_by=layer_by,
+        buckets=tuple(buckets),
+        view_names=names,
+        view_params=tensors,
+        true_shapes=view.true_shapes,
     )
     if notes:
         if strict:
@@ -244,29 +247,56 @@ def _bad_decision(plugin_name: str, name: str, d: object) -> PluginError:
     )
 
 
-def _plan_columns(
+def _plan_buckets(
     view: ModelView, layer_fn: Any, layer_by: str, num_layers: int, scales: list[float],
     weight_decay: float, policies: list[tuple[str, Policy]],
-) -> tuple[PlanColumns, list[Any], dict[tuple[float, float], tuple[list[int], set[float | None]]]]:
-    """The planning loop: one pass over the trainable parameters, straight into columns and groups.
+) -> list[Bucket]:
+    """The planning loop: each trainable parameter's position goes into the bucket of its (layer id, outcome).
 
-    This is the hot path of every plan, so it appends to lists, keeps lookups local and groups rows by
-    (lr multiplier, weight decay) as it goes. Answers from plugin functions are checked here, and an
-    exception from one is re-raised naming the plugin.
+    This is the hot path of every plan. Policies answer with shared Decision objects, so when one policy
+    decides everything the outcome of a parameter is identified by the answer's identity, and a parameter
+    costs its layer id, its policy call and one append; rows and groups are derived from the buckets later.
+    Otherwise the answers are combined field by field and the outcome interned by value. Answers from
+    plugin functions are checked here, and an exception from one is re-raised naming the plugin.
     """
-    names: list[str] = []
-    lids: list[int] = []
-    mults: list[float] = []
-    wds: list[float] = []
-    reasons: list[str] = []
-    deciders: list[str] = []
-    excluded: list[bool] = []
-    params: list[Any] = []
-    # (lr_mult, weight_decay) -> (row indices, the lr_mult patterns' factors seen in them)
-    members: dict[tuple[float, float], tuple[list[int], set[float | None]]] = {}
-    only = policies[0] if len(policies) == 1 else None
+    # id(answer) -> (answer kept alive so ids stay unique, its Resolved, one bucket list per layer id)
+    outcomes: dict[int, tuple[object, Resolved, list[list[int] | None]]] = {}
+    interned: dict[tuple[Any, ...], Resolved] = {}
+    only_name, only = policies[0] if len(policies) == 1 else ("", None)
     tensors, owners = view.params, view.owners
+    true_shapes = view.true_shapes
     culprit, hook = layer_by, "layerdecay_layer_id"
+
+    def combine(name: str, param: Any, module: Any) -> Resolved:
+        nonlocal culprit
+        decay = reason = extra = wd_mult = exclude = None
+        decay_by = "nobody"
+        for plugin_name, policy in policies:
+            culprit = plugin_name
+            d = policy(name, param, module)
+            if d is None:
+                continue
+            if not isinstance(d, Decision):
+                raise _bad_decision(plugin_name, name, d)
+            if decay is None and d.weight_decay is not None:
+                decay, reason, decay_by = d.weight_decay, d.reason, plugin_name
+            if extra is None and d.lr_mult is not None:
+                extra = d.lr_mult
+            if wd_mult is None and d.wd_mult is not None:
+                wd_mult = d.wd_mult
+            if exclude is None and d.exclude is not None:
+                exclude = d.exclude
+        if decay is None:
+            ndim = len(true_shapes[id(param)]) if id(param) in true_shapes else param.ndim
+            decay, reason = ndim > 1, "no policy answered; by ndim"
+        key = (bool(decay), reason, extra, wd_mult, bool(exclude), decay_by)
+        resolved = interned.get(key)
+        if resolved is None:
+            resolved = interned[key] = Resolved(
+                bool(decay), reason or ("weight" if decay else "no decay"), extra, wd_mult, bool(exclude), decay_by
+            )
+        return resolved
+
     try:
         for i, name in enumerate(view.names):
             param = tensors[i]
@@ -277,55 +307,30 @@ def _plan_columns(
             if type(lid) is not int or not 0 <= lid < num_layers:
                 raise _bad_layer_id(layer_by, name, lid, num_layers)
             hook = "layerdecay_param_policy"
+            answer: object = None
             if only is not None:
-                # One policy (the usual case: the core's defaults): its answer is the decision.
-                culprit = decay_by = only[0]
-                d = only[1](name, param, owners[i])
-                if d is None:
-                    decay = reason = extra = wd_mult = exclude = None
-                elif isinstance(d, Decision):
-                    decay, reason, extra, wd_mult, exclude = d
+                culprit = only_name
+                answer = only(name, param, owners[i])
+            entry = outcomes.get(id(answer))
+            if entry is None:
+                if isinstance(answer, Decision) and answer.weight_decay is not None:
+                    # The usual case (one policy, a complete answer): the answer object is the outcome.
+                    decay, reason, extra, wd_mult, exclude = answer
+                    resolved = Resolved(bool(decay), reason or ("weight" if decay else "no decay"), extra, wd_mult,
+                                        bool(exclude), only_name)
+                    entry = outcomes[id(answer)] = (answer, resolved, [None] * num_layers)
                 else:
-                    raise _bad_decision(culprit, name, d)
-            else:
-                decay = reason = extra = wd_mult = exclude = None
-                decay_by = "core"
-                module = owners[i]
-                for plugin_name, policy in policies:
-                    culprit = plugin_name
-                    d = policy(name, param, module)
-                    if d is None:
-                        continue
-                    if not isinstance(d, Decision):
-                        raise _bad_decision(plugin_name, name, d)
-                    if decay is None and d.weight_decay is not None:
-                        decay, reason, decay_by = d.weight_decay, d.reason, plugin_name
-                    if extra is None and d.lr_mult is not None:
-                        extra = d.lr_mult
-                    if wd_mult is None and d.wd_mult is not None:
-                        wd_mult = d.wd_mult
-                    if exclude is None and d.exclude is not None:
-                        exclude = d.exclude
-            if decay is None:
-                decay, reason = len(view.shape_of(param)) > 1, "no policy answered; by ndim"
-            mult = scales[lid] if extra is None else scales[lid] * extra
-            wd = (weight_decay if wd_mult is None else weight_decay * wd_mult) if decay else 0.0
-            if exclude:
-                excluded.append(True)
-            else:
-                excluded.append(False)
-                group = members.get((mult, wd))
-                if group is None:
-                    group = members[(mult, wd)] = ([], set())
-                group[0].append(len(names))
-                group[1].add(extra)
-            names.append(name)
-            lids.append(lid)
-            mults.append(mult)
-            wds.append(wd)
-            reasons.append(reason or ("weight" if decay else "no decay"))
-            deciders.append(decay_by)
-            params.append(param)
+                    if answer is not None and not isinstance(answer, Decision):
+                        raise _bad_decision(only_name, name, answer)
+                    resolved = combine(name, param, owners[i])
+                    entry = outcomes.get(id(resolved))
+                    if entry is None:
+                        entry = outcomes[id(resolved)] = (resolved, resolved, [None] * num_layers)
+            slots = entry[2]
+            bucket = slots[lid]
+            if bucket is None:
+                bucket = slots[lid] = []
+            bucket.append(i)
     except LayerDecayError:
         raise
     except Exception as exc:
@@ -333,21 +338,13 @@ def _plan_columns(
             f"plugin {culprit!r} raised {type(exc).__name__} in the function it returned from {hook}: {exc}",
             plugin=culprit,
         ) from exc
-    columns = PlanColumns(names, lids, mults, wds, reasons, deciders, excluded, layer_by)
-    return columns, params, members
 
-
-def _group_specs(
-    columns: PlanColumns, members: dict[tuple[float, float], tuple[list[int], set[float | None]]]
-) -> tuple[GroupSpec, ...]:
-    """Groups of rows with equal (lr_mult, weight_decay), in a deterministic order: by lowest layer id,
-    decayed before not decayed, then by multiplier."""
-    lids = columns.layer_ids
-    specs = []
-    for (mult, wd), (rows, extras) in members.items():
-        layer_ids = tuple(sorted({lids[i] for i in rows}))
-        extra = next(iter(extras)) if len(extras) == 1 else None
-        specs.append((layer_ids, wd, mult, extra, rows))
-    specs.sort(key=lambda s: (s[0][0], s[1] == 0.0, s[2]))
-    return tuple(GroupSpec(format_group_name(ids, wd > 0.0, extra), ids, mult, wd, tuple(rows))
-                 for ids, wd, mult, extra, rows in specs)
+    buckets = []
+    for _answer, r, slots in outcomes.values():
+        for lid, members in enumerate(slots):
+            if members is None:
+                continue
+            mult = scales[lid] if r.lr_mult is None else scales[lid] * r.lr_mult
+            wd = (weight_decay if r.wd_mult is None else weight_decay * r.wd_mult) if r.decay else 0.0
+            buckets.append(Bucket(lid, r, mult, wd, members))
+    return buckets

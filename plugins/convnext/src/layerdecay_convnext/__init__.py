@@ -30,11 +30,27 @@ PLUGIN_NAME = "convnext"
 _OWNER = "the convnext plugin"
 
 
+class _IdMap(dict):
+    """Name -> layer id; a name it does not hold (head, neck, unknown) gets the top id.
+
+    Its bound ``__getitem__`` is the layer-id function: one C-level dict lookup per name.
+    """
+
+    __slots__ = ("top",)
+
+    def __init__(self, ids: dict[str, int], top: int) -> None:
+        super().__init__(ids)
+        self.top = top
+
+    def __missing__(self, name: str) -> int:
+        return self.top
+
+
 def layout_of(model: ModelView) -> Layout | None:
     """The ConvNeXt found in the model (memoized in the view's cache), or None when there is none."""
-    cache = model.cache.setdefault(PLUGIN_NAME, {})
-    if "layout" not in cache:
-        cache["layout"] = find_layout(model)
+    cache = model.cache.get(PLUGIN_NAME)
+    if cache is None:
+        cache = model.cache[PLUGIN_NAME] = {"layout": find_layout(model)}
     return cache["layout"]
 
 
@@ -44,9 +60,10 @@ def _ids(model: ModelView, recipe: str | None) -> LayerIds | None:
         return None
     resolved = select_recipe(recipe, RECIPES, owner=_OWNER)
     cache = model.cache[PLUGIN_NAME]
-    if resolved not in cache:
-        cache[resolved] = layer_ids(layout, model.names, resolved)
-    return cache[resolved]
+    found = cache.get(resolved)
+    if found is None:
+        found = cache[resolved] = layer_ids(layout, model, resolved)
+    return found
 
 
 @hookimpl
@@ -62,6 +79,4 @@ def layerdecay_layer_id(model: ModelView, recipe: str | None, num_layers: int) -
     found = _ids(model, recipe)
     if found is None:
         return None
-    ids = found.ids
-    top = num_layers - 1
-    return lambda name: ids.get(name, top)
+    return _IdMap(found.ids, num_layers - 1).__getitem__

@@ -8,9 +8,11 @@ feature extractor) there is no separate top, so no layer id is ever empty.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
+from layerdecay import ModelView
 from layerdecay_convnext._layout import NORM_PRE, Layout, Role
 
 __all__ = ["RECIPES", "LayerIds", "layer_ids"]
@@ -106,8 +108,8 @@ def _timm_ids(layout: Layout, names: tuple[str, ...]) -> LayerIds:
 _RULES = {"official": _official, "block": _block, "stage": _stage}
 
 
-def layer_ids(layout: Layout, names: tuple[str, ...], recipe: str) -> LayerIds:
-    """Layer ids of ``names`` (every parameter of the model, frozen ones included) under ``recipe``."""
+def _ids_by_name(layout: Layout, names: tuple[str, ...], recipe: str) -> LayerIds:
+    """Layer ids parameter by parameter: the general case, where one role's module holds another's."""
     if recipe == "timm":
         return _timm_ids(layout, names)
     rule = _RULES[recipe]
@@ -122,3 +124,47 @@ def layer_ids(layout: Layout, names: tuple[str, ...], recipe: str) -> LayerIds:
             ids[name] = lid
     backbone_top = max(ids.values(), default=0)
     return LayerIds(ids, backbone_top + 1 + int(outside))
+
+
+def _role_spans(layout: Layout, view: ModelView) -> list[tuple[range, Role]] | None:
+    """The parameters of each role as one run of the view, or None when two roles' modules nest."""
+    runs = sorted(
+        ((span, role) for path, role in layout.roles.items() if (span := view.span(path))),
+        key=lambda run: run[0].start,
+    )
+    if any(b[0].start < a[0].stop for a, b in itertools.pairwise(runs)):
+        return None
+    return runs
+
+
+def layer_ids(layout: Layout, view: ModelView, recipe: str) -> LayerIds:
+    """Layer ids of every parameter of the view (frozen ones included) under ``recipe``.
+
+    Roles belong to modules, and a module's parameters are one run of the view, so each role's id is
+    decided once and handed to its whole run; names outside every run (head, neck) go to the top.
+    """
+    names = view.names
+    runs = _role_spans(layout, view)
+    if runs is None:
+        return _ids_by_name(layout, names, recipe)
+    ids: dict[str, int] = {}
+    covered = 0
+    if recipe == "timm":
+        keys = [(span, _timm_key(role)) for span, role in runs]
+        ordinal = {key: i for i, key in enumerate(sorted({k for _, k in keys if k != _MERGE_WITH_PREVIOUS}))}
+        last = len(ordinal) - 1
+        for span, key in keys:
+            ids.update(dict.fromkeys(names[span.start : span.stop], last if key == _MERGE_WITH_PREVIOUS
+                                     else ordinal[key]))  # type: ignore[index]
+            covered += len(span)
+        return LayerIds(ids, last + 1 + int(covered < len(names)))
+    rule = _RULES[recipe]
+    backbone_top = 0
+    for span, role in runs:
+        lid = rule(role, layout.depths)
+        if lid is None:
+            continue
+        ids.update(dict.fromkeys(names[span.start : span.stop], lid))
+        covered += len(span)
+        backbone_top = max(backbone_top, lid)
+    return LayerIds(ids, backbone_top + 1 + int(covered < len(names)))

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from layerdecay import ModelView, hookimpl, is_norm_module, select_recipe
 
@@ -57,6 +58,8 @@ _OWNER = "the swin plugin"
 # Parameter and module names that mark a Swin window attention (v1 table, v2 continuous position bias MLP).
 _TABLE = "relative_position_bias_table"
 _CPB_MODULES = frozenset({"cpb_mlp", "continuous_position_bias_mlp"})
+# Text that every marker's name contains: a model whose names hold none of it is rejected without analysis.
+_MARKER_TEXT = (_TABLE, *(module + "." for module in sorted(_CPB_MODULES)))
 # How far above the marker the block's index may sit: ``B.attn.table`` (timm, torchvision, original),
 # ``B.attention.self.table`` (transformers 4), ``B.attention.relative_position_bias.table`` (transformers 5).
 _MAX_MARKER_DEPTH = 3
@@ -72,18 +75,29 @@ MERGE = "merge"
 FINAL_NORM = "final norm"
 TOP = "top"
 
+_SHAPE = attrgetter("shape")
+
+Role = tuple[str, int, int]
+_TOP_ROLE: Role = (TOP, 0, 0)
+_STEM_ROLE: Role = (STEM, 0, 0)
+
 
 @dataclass
 class SwinLayout:
     """What the analysis found: stage depths and the role of every parameter (frozen ones included).
+
+    Roles are kept as runs of consecutive parameters (a block's parameters are one run of the listing), so
+    that planning costs a few slices per block rather than work per parameter.
 
     Attributes:
         depths: Blocks per stage, in running order.
         widths: Channel width of each stage.
         backbone: Path of the backbone module ('' when the model is the backbone).
         stages: Path of the module that holds the stages.
-        roles: Parameter name -> (role, stage, block): ``("block", s, j)``, ``("merge", k, 0)`` for the
-            PatchMerging after stage ``k``, or ``(role, 0, 0)`` for stem, final norm and top.
+        names: The parameter names the runs index (the model view's ``names``).
+        runs: ``(start, stop, role)`` over positions in ``names``, together covering every parameter once.
+            A role is ``("block", s, j)``, ``("merge", k, 0)`` for the PatchMerging after stage ``k``, or
+            ``(role, 0, 0)`` for stem, final norm and top.
         ids: Recipe -> (parameter name -> layer id), filled on first use.
     """
 
@@ -91,8 +105,30 @@ class SwinLayout:
     widths: tuple[int, ...]
     backbone: str
     stages: str
-    roles: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    names: tuple[str, ...] = ()
+    runs: list[tuple[int, int, Role]] = field(default_factory=list)
     ids: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def roles(self) -> dict[str, Role]:
+        """Parameter name -> role (see ``runs``), in listing order."""
+        aligned: list[Role | None] = [None] * len(self.names)
+        for start, stop, role in self.runs:
+            aligned[start:stop] = [role] * (stop - start)
+        return {name: role for name, role in zip(self.names, aligned, strict=True) if role is not None}
+
+
+class _IdTable(dict[str, int]):
+    """Name -> layer id whose lookups of unknown names answer the top id: one C-level lookup per name."""
+
+    __slots__ = ("top",)
+
+    def __init__(self, ids: dict[str, int], top: int) -> None:
+        super().__init__(ids)
+        self.top = top
+
+    def __missing__(self, key: str) -> int:
+        return self.top
 
 
 def _parent(path: str) -> str:
@@ -103,19 +139,42 @@ def _under(name: str, prefix: str) -> bool:
     return not prefix or name.startswith(prefix + ".")
 
 
-def _block_of_marker(name: str, ndim: int) -> str | None:
-    """The path of the block that holds the window attention marked by parameter ``name``, or None."""
-    parts = name.split(".")
-    if parts[-1] == _TABLE and ndim == 2:
-        marker = len(parts) - 1
+def _block_of_marker(path: str, table: bool) -> str | None:
+    """The path of the block that holds a window attention, from its marker's module path, or None.
+
+    ``table``: the marker is a 2-D ``relative_position_bias_table`` of the module at ``path``; otherwise the
+    marker is the first position-bias MLP module on ``path``.
+    """
+    parts = path.split(".") if path else []
+    if table:
+        marker = len(parts)
     else:
-        marker = next((i for i, p in enumerate(parts[:-1]) if p in _CPB_MODULES), -1)
-        if marker < 0:
+        for marker, part in enumerate(parts):
+            if part in _CPB_MODULES:
+                break
+        else:
             return None
     for i in range(marker - 1, max(marker - 1 - _MAX_MARKER_DEPTH, 0), -1):
         if parts[i].isdigit():
             return ".".join(parts[: i + 1])
     return None
+
+
+def _marker_candidates(text: str) -> list[int]:
+    """Positions (line numbers of ``text``, one name a line) of the names that contain marker text."""
+    found = set()
+    for marker in _MARKER_TEXT:
+        pos = text.find(marker)
+        line, counted = 0, 0
+        while pos >= 0:
+            line += text.count("\n", counted, pos)
+            counted = pos
+            found.add(line)
+            end = text.find("\n", pos)
+            if end < 0:
+                break
+            pos = text.find(marker, end)
+    return sorted(found)
 
 
 def _stage_list_of(container: str) -> tuple[str, int] | None:
@@ -138,30 +197,35 @@ def _stage_list_of(container: str) -> tuple[str, int] | None:
 
 def _width(view: ModelView, block: str) -> int:
     """A block's channel width: the most common length among its 1-D parameters (norms, biases)."""
-    lengths = Counter(
-        p.shape[0] for n, p in zip(view.names, view.params, strict=True) if _under(n, block) and p.ndim == 1
-    )
+    span = view.span(block)
+    lengths = Counter(shape[0] for shape in map(_SHAPE, view.params[span.start : span.stop]) if len(shape) == 1)
     return lengths.most_common(1)[0][0] if lengths else 0
 
 
 def _numbered_children(view: ModelView, path: str) -> list[str]:
+    module = view.module(path)
+    if module is None:
+        return []
     prefix = path + "."
-    kids = [p[len(prefix):] for p in view.modules if p.startswith(prefix)]
-    return sorted({k for k in kids if k.isdigit()}, key=int)
+    modules = view.modules
+    return sorted((k for k in module._modules if k.isdigit() and prefix + k in modules), key=int)
 
 
-def _is_final_norm(view: ModelView, unit: str, names: list[str], width: int) -> bool:
+def _is_final_norm(view: ModelView, unit: str, positions: list[int], width: int) -> bool:
     module = view.module(unit)
     if module is not None and is_norm_module(type(module)):
         return True
-    shapes = [view.shape(n) for n in names]
-    return all(n.rpartition(".")[2] in ("weight", "bias") for n in names) and all(s == (width,) for s in shapes)
+    names, params = view.names, view.params
+    return all(names[i].rpartition(".")[2] in ("weight", "bias") for i in positions) and all(
+        tuple(params[i].shape) == (width,) for i in positions
+    )
 
 
-def _merge_stage(view: ModelView, names: list[str], widths: tuple[int, ...]) -> int | None:
+def _merge_stage(view: ModelView, positions: Iterable[int], widths: tuple[int, ...]) -> int | None:
     """The stage ``k`` a PatchMerging follows, from its reduction: a 2-D weight ``[C_{k+1}, 4 * C_k]``."""
-    for name in names:
-        shape = view.shape(name)
+    params = view.params
+    for i in positions:
+        shape = params[i].shape
         if len(shape) != 2:
             continue
         for k in range(len(widths) - 1):
@@ -172,9 +236,20 @@ def _merge_stage(view: ModelView, names: list[str], widths: tuple[int, ...]) -> 
 
 def _find_stages(view: ModelView) -> tuple[str, list[str]] | None:
     """(stage list path, block containers in running order) of the largest Swin backbone, or None."""
+    names = view.names
+    text = "\n".join(names)
+    if not any(marker in text for marker in _MARKER_TEXT):
+        return None  # the common case, any model but a windowed transformer: one substring search
+    params = view.params
     blocks: dict[str, str] = {}  # block path -> container path
-    for name, param in zip(view.names, view.params, strict=True):
-        block = _block_of_marker(name, param.ndim)
+    seen = set()  # (module path, table): a v2 block's MLP has several parameters, one answer
+    for i in _marker_candidates(text):
+        path, _, last = names[i].rpartition(".")
+        key = (path, last == _TABLE and params[i].ndim == 2)
+        if key in seen:
+            continue
+        seen.add(key)
+        block = _block_of_marker(*key)
         if block is not None:
             blocks.setdefault(block, _parent(block))
     groups: dict[str, dict[int, str]] = {}
@@ -194,9 +269,10 @@ def _find_stages(view: ModelView) -> tuple[str, list[str]] | None:
 
 def analyse(view: ModelView) -> SwinLayout | None:
     """The Swin layout of ``view``'s model, memoized in ``view.cache``; None when the model is not a Swin."""
-    if PLUGIN_NAME not in view.cache:
-        view.cache[PLUGIN_NAME] = _analyse(view)
-    return view.cache[PLUGIN_NAME]
+    cache = view.cache
+    if PLUGIN_NAME not in cache:
+        cache[PLUGIN_NAME] = _analyse(view)
+    return cache[PLUGIN_NAME]
 
 
 def _analyse(view: ModelView) -> SwinLayout | None:
@@ -216,11 +292,14 @@ def _analyse(view: ModelView) -> SwinLayout | None:
         widths.append(_width(view, f"{container}.{kids[0]}") if kids else 0)
     depths_t, widths_t = tuple(depths), tuple(widths)
 
-    # The backbone: the nearest module around the stage list that holds more than the stages.
+    # The backbone: the nearest module around the stage list that holds more than the stages. A module's
+    # parameters are one run of the listing, and the stage list's run lies inside the backbone's.
     names = view.names
     backbone = _parent(stage_list)
-    while backbone and not any(_under(n, backbone) and not _under(n, stage_list) for n in names):
+    held = len(view.span(stage_list))
+    while backbone and len(view.span(backbone)) <= held:
         backbone = _parent(backbone)
+    inside = view.span(backbone) if backbone else range(len(names))
 
     # Paths that lead to a block container: a unit in the stage list is the first path off them.
     on_path = set()
@@ -228,91 +307,116 @@ def _analyse(view: ModelView) -> SwinLayout | None:
         parts = container.split(".")
         on_path.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     depth_of_list = len(stage_list.split(".")) if stage_list else 0
+    depth_of_backbone = len(backbone.split(".")) if backbone else 0
 
-    roles: dict[str, tuple[str, int, int]] = {}
-    units: dict[str, list[str]] = {}  # unit path -> names, for the parameters placed by role afterwards
+    runs: list[tuple[int, int, Role]] = []
+    if inside.start > 0:
+        runs.append((0, inside.start, _TOP_ROLE))
+    if inside.stop < len(names):
+        runs.append((inside.stop, len(names), _TOP_ROLE))
+    units: dict[str, list[int]] = {}  # unit path -> positions, for the parameters placed by role afterwards
     unit_after: dict[str, int] = {}  # unit path -> stage of the last block before it (-1: none)
-    last_stage = -1
-    for name in names:
-        if not _under(name, backbone):
-            roles[name] = (TOP, 0, 0)
-            continue
-        parts = name.split(".")
-        if _under(name, stage_list):
-            hit = None
-            for i in range(depth_of_list + 1, len(parts)):
-                hit = block_index.get(".".join(parts[:i]))
-                if hit is not None:
-                    break
-            if hit is not None:
-                roles[name] = (BLOCK, hit[0], hit[1])
-                last_stage = hit[0]
-                continue
-            unit = next(
-                (".".join(parts[:i]) for i in range(depth_of_list + 1, len(parts))
-                 if ".".join(parts[:i]) not in on_path),
-                _parent(name),
-            )
-        else:
-            rest = parts[len(backbone.split(".")) if backbone else 0 :]
-            if len(rest) == 1:
-                # The backbone's own parameters come first in any listing, so their order says nothing: its
-                # absolute position embedding or mask token is stem, anything else of its own goes on top.
-                roles[name] = (STEM, 0, 0) if _STEM_PARAMETER.fullmatch(rest[0]) else (TOP, 0, 0)
-                continue
-            unit = ".".join(parts[: len(parts) - len(rest) + 1])
-        units.setdefault(unit, []).append(name)
-        unit_after.setdefault(unit, last_stage)
 
-    if not any(_merge_stage(view, unit_names, widths_t) is not None for unit_names in units.values()):
+    def place(start: int, stop: int, last_stage: int) -> None:
+        """Sort the parameters between blocks into units (or place the backbone's own ones)."""
+        for i in range(start, stop):
+            name = names[i]
+            parts = name.split(".")
+            if _under(name, stage_list):
+                unit = next(
+                    (".".join(parts[:k]) for k in range(depth_of_list + 1, len(parts))
+                     if ".".join(parts[:k]) not in on_path),
+                    _parent(name),
+                )
+            else:
+                rest = parts[depth_of_backbone:]
+                if len(rest) == 1:
+                    # The backbone's own parameters come first in any listing, so their order says nothing:
+                    # its absolute position embedding or mask token is stem, anything else of its own on top.
+                    runs.append((i, i + 1, _STEM_ROLE if _STEM_PARAMETER.fullmatch(rest[0]) else _TOP_ROLE))
+                    continue
+                unit = ".".join(parts[: depth_of_backbone + 1])
+            units.setdefault(unit, []).append(i)
+            unit_after.setdefault(unit, last_stage)
+
+    # Walk the backbone's run: blocks are whole sub-runs (the outermost block wins if two ever nest), and
+    # only the few parameters between them (stem, PatchMergings, final norm, head) are looked at one by one.
+    spans = sorted(
+        ((view.span(path), where) for path, where in block_index.items()), key=lambda b: (b[0].start, -b[0].stop)
+    )
+    pos, last_stage = inside.start, -1
+    for span, (s, j) in spans:
+        if not span or span.start < pos:
+            continue
+        place(pos, span.start, last_stage)
+        runs.append((span.start, span.stop, (BLOCK, s, j)))
+        last_stage, pos = s, span.stop
+    place(pos, inside.stop, last_stage)
+
+    merges = {unit: _merge_stage(view, positions, widths_t) for unit, positions in units.items()}
+    if all(merge is None for merge in merges.values()):
         return None  # stages without a PatchMerging between them: not a Swin
     last = len(depths_t) - 1
-    for unit, unit_names in units.items():
+    for unit, positions in units.items():
         after = unit_after[unit]
-        merge = _merge_stage(view, unit_names, widths_t) if _under(unit, stage_list) else None
+        in_stages = _under(unit, stage_list)
+        merge = merges[unit] if in_stages else None
         if merge is not None:
-            role = (MERGE, merge, 0)
+            role: Role = (MERGE, merge, 0)
         elif after < 0:
-            role = (STEM, 0, 0)
-        elif after < last and _under(unit, stage_list):
+            role = _STEM_ROLE
+        elif after < last and in_stages:
             role = (MERGE, after, 0)
-        elif _is_final_norm(view, unit, unit_names, widths_t[-1]):
+        elif _is_final_norm(view, unit, positions, widths_t[-1]):
             role = (FINAL_NORM, 0, 0)
         else:
-            role = (TOP, 0, 0)
-        for name in unit_names:
-            roles[name] = role
-    return SwinLayout(depths_t, widths_t, backbone, stage_list, roles)
+            role = _TOP_ROLE
+        runs.extend((i, i + 1, role) for i in positions)
+    return SwinLayout(depths_t, widths_t, backbone, stage_list, names, runs)
+
+
+def _role_ids(layout: SwinLayout, recipe: str) -> Callable[[Role], int]:
+    """The layer id of a role under ``recipe``."""
+    starts = [sum(layout.depths[:s]) for s in range(len(layout.depths) + 1)]
+    total = starts[-1]
+    simmim = recipe == "simmim"
+    has_top = simmim or any(role[0] == TOP for _, _, role in layout.runs)
+    top = total + 1 if has_top else total
+
+    def role_id(role: Role) -> int:
+        kind, stage, block = role
+        if kind == BLOCK:
+            return starts[stage] + block + 1
+        if kind == STEM:
+            return 0
+        if kind == MERGE:
+            # SimMIM: with the last block of the stage it closes; timm: with the first block it opens.
+            return starts[stage + 1] if simmim else starts[stage + 1] + 1
+        if kind == FINAL_NORM:
+            return top if simmim else total
+        return top
+
+    return role_id
 
 
 def layer_ids(layout: SwinLayout, recipe: str) -> dict[str, int]:
     """Parameter name -> layer id under ``recipe`` (``"simmim"`` or ``"timm"``), memoized in the layout."""
     if recipe in layout.ids:
         return layout.ids[recipe]
-    starts = [sum(layout.depths[:s]) for s in range(len(layout.depths) + 1)]
-    total = starts[-1]
-    simmim = recipe == "simmim"
-    has_top = simmim or any(role[0] == TOP for role in layout.roles.values())
-    top = total + 1 if has_top else total
-    ids = {}
-    for name, (role, stage, block) in layout.roles.items():
-        if role == BLOCK:
-            ids[name] = starts[stage] + block + 1
-        elif role == STEM:
-            ids[name] = 0
-        elif role == MERGE:
-            # SimMIM: with the last block of the stage it closes; timm: with the first block it opens.
-            ids[name] = starts[stage + 1] if simmim else starts[stage + 1] + 1
-        elif role == FINAL_NORM:
-            ids[name] = top if simmim else total
-        else:
-            ids[name] = top
+    role_id = _role_ids(layout, recipe)
+    aligned: list[int | None] = [None] * len(layout.names)
+    for start, stop, role in layout.runs:
+        aligned[start:stop] = [role_id(role)] * (stop - start)
+    ids = {name: i for name, i in zip(layout.names, aligned, strict=True) if i is not None}
     layout.ids[recipe] = ids
     return ids
 
 
 def _num_layers(layout: SwinLayout, recipe: str) -> int:
-    return max(layer_ids(layout, recipe).values(), default=0) + 1 if recipe == "timm" else sum(layout.depths) + 2
+    if recipe != "timm":
+        return sum(layout.depths) + 2
+    role_id = _role_ids(layout, recipe)
+    return max((role_id(role) for start, stop, role in layout.runs if stop > start), default=0) + 1
 
 
 @hookimpl
@@ -331,5 +435,4 @@ def layerdecay_layer_id(model: ModelView, recipe: str | None, num_layers: int) -
     if layout is None:
         return None
     ids = layer_ids(layout, select_recipe(recipe, RECIPES, owner=_OWNER))
-    top = num_layers - 1
-    return lambda name: ids.get(name, top)
+    return _IdTable(ids, num_layers - 1).__getitem__

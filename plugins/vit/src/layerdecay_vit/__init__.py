@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from layerdecay import ModelView, hookimpl, select_recipe
-from layerdecay_vit._layout import BLOCK, FINAL_NORM, SHARED_REL_POS, STEM, ViTLayout, find_layout
+from layerdecay_vit._layout import FINAL_NORM, SHARED_REL_POS, STEM, ViTLayout, find_layout
 
 __all__ = ["PLUGIN_NAME", "RECIPES", "layer_ids", "layerdecay_layer_id", "layerdecay_num_layers", "layout"]
 
@@ -37,22 +37,39 @@ def layout(view: ModelView) -> ViTLayout | None:
     return view.cache[PLUGIN_NAME]
 
 
+class _LayerIds(dict[str, int]):
+    """Name -> layer id; a name the model does not have (nor the plan) gets the top id.
+
+    Its ``__getitem__`` is the layer-id function handed to the core: a C-level lookup per name.
+    """
+
+    def __init__(self, ids: dict[str, int], top: int) -> None:
+        super().__init__(ids)
+        self.top = top
+
+    def __missing__(self, name: str) -> int:
+        return self.top
+
+
 def layer_ids(found: ViTLayout, recipe: str) -> tuple[dict[str, int], int]:
     """Every parameter name -> layer id under ``recipe``, and the number of layer ids."""
     depth = found.depth
-    roles = found.roles
+    others = found.others
     if recipe == "timm":
         # timm's matcher: stem 0, blocks 1..depth, final norm merged into the last block (its 99999 suffix),
         # anything unmatched at max id + 1, counted over all parameters: no leftovers, no top layer.
-        has_top = any(role not in (STEM, BLOCK, FINAL_NORM, SHARED_REL_POS) for role, _ in roles.values())
+        has_top = any(role not in (STEM, FINAL_NORM, SHARED_REL_POS) for role in others.values())
         top = depth + 1 if has_top else depth
         by_role = {STEM: 0, SHARED_REL_POS: 0, FINAL_NORM: depth}
     else:
         # MAE and BEiT: depth + 2 ids; the shared relative-position bias and the final norm are "the rest".
         top = depth + 1
         by_role = {STEM: 0, SHARED_REL_POS: top, FINAL_NORM: top}
-    ids = {name: index + 1 if role == BLOCK else by_role.get(role, top) for name, (role, index) in roles.items()}
-    return ids, top + 1
+    ids = {name: by_role.get(role, top) for name, role in others.items()}
+    names = found.names
+    for index, span in enumerate(found.blocks, 1):
+        ids.update(dict.fromkeys(names[span.start:span.stop], index))
+    return _LayerIds(ids, top), top + 1
 
 
 def _plan_ids(view: ModelView, recipe: str | None) -> tuple[dict[str, int], int] | None:
@@ -79,4 +96,6 @@ def layerdecay_layer_id(model: ModelView, recipe: str | None, num_layers: int) -
         return None
     ids = planned[0]
     top = num_layers - 1
-    return lambda name: ids.get(name, top)
+    if not isinstance(ids, _LayerIds) or ids.top != top:
+        ids = _LayerIds(ids, top)
+    return ids.__getitem__

@@ -14,26 +14,34 @@ repos (MAE, DeiT, BEiT), torchvision and both transformers spellings, bare or ne
 Hierarchical models fail one of these: Swin's and ConvNeXt's largest stack (stage 3 of 4) is wider than
 their stem and has no ``[1, n, D]`` token; text encoders (BERT) have no 4-D patch weight.
 
-Every parameter then gets a *role* that every recipe maps to a layer id: ``stem`` (tokens, position
+Every parameter then gets a *role` that every recipe maps to a layer id: ``stem`` (tokens, position
 embeddings, patch embedding and any layer registered before the blocks, e.g. CLIP's ``norm_pre``), ``block``
 (with its position in the stack, whatever the child is called: ``11`` or ``encoder_layer_11``),
 ``shared_rel_pos`` (BEiT's relative-position bias shared by all blocks), ``final_norm`` (the norm right
 after the blocks: timm ``norm``, torchvision ``encoder.ln``, HF ``layernorm``; never the pooled
-``fc_norm``) and ``top`` (heads, ``fc_norm``, poolers, attention-pool heads, OpenCLIP's ``proj``, and everything outside
-the backbone).
+``fc_norm``) and ``top`` (heads, ``fc_norm``, poolers, attention-pool heads, OpenCLIP's ``proj``, and everything
+outside the backbone).
+
+Cost: every plugin is asked about every model, so the analysis reads the view's flat lists rather than
+walking module subtrees. Parameters are listed depth first, so the parameters under a module are one slice
+(``ModelView.span``): comparing blocks, counting their weights and giving a whole block its id are slice
+operations. A model is turned away before any of that when none of its tokens could be a sequence
+parameter (see :func:`may_be_vit`).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import attrgetter
 
 import torch
 from torch import nn
 
 from layerdecay import ModelView, is_norm_module
 
-__all__ = ["BLOCK", "FINAL_NORM", "SHARED_REL_POS", "STEM", "TOP", "ViTLayout", "find_layout"]
+__all__ = ["BLOCK", "FINAL_NORM", "SHARED_REL_POS", "STEM", "TOP", "ViTLayout", "find_layout", "may_be_vit"]
 
 STEM = "stem"
 BLOCK = "block"
@@ -45,6 +53,19 @@ TOP = "top"
 _MIN_BLOCK_MATRICES = 4
 # Name fragments of a relative-position bias; outside the blocks it is BEiT's shared one.
 _REL_POS_MARKERS = ("rel_pos", "relative_position", "position_bias")
+_CONTAINER_TYPES = (nn.ModuleList, nn.Sequential)
+
+# Over names joined by newlines (the regex engine scans them at C speed, with no Python work per name):
+# a parameter of its own, i.e. one that is no layer's ``weight``/``bias`` (tokens, position tables, ...).
+_FREE_STANDING = re.compile(r"^.*(?<![^.\n])(?!(?:weight|bias)$)[^.\n]+$", re.MULTILINE)
+# A numbered path component (a container's child), to tell repeated parameters apart from unique ones.
+_NUMBERED = re.compile(r"(?<![^.\n])\d+(?=\.)")
+# Over module paths joined by newlines: the parent of a child whose name ends in a digit, or does not.
+_PARENT_OF_NUMBERED = re.compile(r"^(?:(.*)\.)?[^.\n]*\d$", re.MULTILINE)
+_PARENT_OF_NAMED = re.compile(r"^(?:(.*)\.)?[^.\n]*[^\d.\n]$", re.MULTILINE)
+
+_shape = attrgetter("shape")
+_ndim = attrgetter("ndim")
 
 
 @dataclass(frozen=True)
@@ -56,18 +77,33 @@ class ViTLayout:
         stack: Path of the block container.
         depth: Number of blocks.
         width: Residual width ``D``.
-        roles: Normalized parameter name -> (role, block index or -1), for every parameter, frozen included.
+        names: The view's parameter names.
+        blocks: For each block in order, the positions of its parameters in ``names``.
+        others: Normalized name -> role for every parameter outside the blocks, frozen included.
     """
 
     root: str
     stack: str
     depth: int
     width: int
-    roles: dict[str, tuple[str, int]]
+    names: tuple[str, ...] = field(repr=False)
+    blocks: tuple[range, ...] = field(repr=False)
+    others: dict[str, str] = field(repr=False)
+
+    @property
+    def roles(self) -> dict[str, tuple[str, int]]:
+        """Normalized parameter name -> (role, block index or -1), for every parameter."""
+        roles = {name: (role, -1) for name, role in self.others.items()}
+        names = self.names
+        for index, span in enumerate(self.blocks):
+            roles.update(dict.fromkeys(names[span.start:span.stop], (BLOCK, index)))
+        return roles
 
     def count(self, role: str) -> int:
         """How many parameters have ``role``."""
-        return sum(1 for r, _ in self.roles.values() if r == role)
+        if role == BLOCK:
+            return sum(len(span) for span in self.blocks)
+        return sum(1 for r in self.others.values() if r == role)
 
 
 def _parent(path: str) -> str:
@@ -91,61 +127,113 @@ def _common_path(a: str, b: str) -> str:
     return ".".join(common)
 
 
+def may_be_vit(view: ModelView) -> bool:
+    """A quick test that turns away most models that are not ViTs, before any structural analysis.
+
+    A ViT's token or position table is a parameter of its own (no layer's ``weight``/``bias``) that sits
+    once in the model, outside the repeated blocks. ConvNeXt's ``gamma``, Swin's relative-position tables,
+    Swin-V2's ``q_bias``/``logit_scale`` are all repeated block by block (same name up to the block
+    numbers, same shape in the first two blocks), and BERT has no such parameter at all. Works on the
+    joined names, so turning a model away costs about as much as copying its names once.
+    """
+    free = _FREE_STANDING.findall("\n".join(view.names))
+    if not free:
+        return False
+    patterns = _NUMBERED.sub("#", "\n".join(free)).split("\n")
+    names, params = view.names, view.params
+    for pattern, count in Counter(patterns).items():
+        if count == 1:
+            return True
+        # Repeated by name; an ensemble of two differently sized ViTs repeats its tokens with other shapes.
+        first = patterns.index(pattern)
+        second = patterns.index(pattern, first + 1)
+        if params[names.index(free[first])].shape != params[names.index(free[second])].shape:
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class _Stack:
     path: str
-    children: tuple[str, ...]
+    blocks: tuple[range, ...]
     numel: int
     width: int
 
 
-def _block_signature(block: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    return tuple((n, tuple(p.shape)) for n, p in block.named_parameters())
-
-
-def _residual_width(signature: tuple[tuple[str, tuple[int, ...]], ...]) -> int | None:
-    vectors = Counter(shape[0] for _, shape in signature if len(shape) == 1)
+def _residual_width(shapes: list[torch.Size]) -> int | None:
+    vectors = Counter(shape[0] for shape in shapes if len(shape) == 1)
     if vectors:
         return vectors.most_common(1)[0][0]
-    inputs = Counter(shape[1] for _, shape in signature if len(shape) == 2)
+    inputs = Counter(shape[1] for shape in shapes if len(shape) == 2)
     return inputs.most_common(1)[0][0] if inputs else None
 
 
-def _as_stack(path: str, module: nn.Module) -> _Stack | None:
+def _relative_names(names: tuple[str, ...], span: range, prefix: str) -> str:
+    """The names under a block without the block's own path, joined (compared as one string)."""
+    return ("\n" + "\n".join(names[span.start:span.stop])).replace("\n" + prefix, "\n")
+
+
+def _as_stack(view: ModelView, path: str, module: nn.Module) -> _Stack | None:
     """The container at ``path`` as a stack of identical transformer blocks, or None.
 
-    A container is a ``ModuleList``/``Sequential``, or any module whose children (two or more) are all
-    numbered by their names (``encoder_layer_0``, ...), as torchvision's are once rebuilt from names.
+    The caller passes only containers: a ``ModuleList``/``Sequential``, or a module whose children (two or
+    more) are all numbered by their names (``encoder_layer_0``, ...), as torchvision's are once rebuilt
+    from names.
     """
-    children = [(n, c) for n, c in module._modules.items() if c is not None]
+    prefix = path + "." if path else ""
+    children = [prefix + n for n, c in module._modules.items() if c is not None]
     if not children:
         return None
-    if not isinstance(module, (nn.ModuleList, nn.Sequential)) and (
-        len(children) < 2 or not all(n[-1].isdigit() for n, _ in children)
-    ):
+    modules, params, names = view.modules, view.params, view.names
+    spans = [view.span(child) for child in children]
+    first = spans[0]
+    first_params = params[first.start:first.stop]
+    if list(map(_ndim, first_params)).count(2) < _MIN_BLOCK_MATRICES:
         return None
-    first = children[0][1]
-    signature = _block_signature(first)
-    if sum(1 for _, shape in signature if len(shape) == 2) < _MIN_BLOCK_MATRICES:
-        return None
-    for _, child in children[1:]:
-        if type(child) is not type(first) or _block_signature(child) != signature:
+    size = len(first)
+    block_type = type(modules.get(children[0]))
+    for child, span in zip(children, spans, strict=True):
+        if len(span) != size or type(modules.get(child)) is not block_type:
             return None
-    width = _residual_width(signature)
+    shapes = list(map(_shape, first_params))
+    relative = _relative_names(names, first, children[0] + ".")
+    for child, span in zip(children[1:], spans[1:], strict=True):
+        if list(map(_shape, params[span.start:span.stop])) != shapes:
+            return None
+        if _relative_names(names, span, child + ".") != relative:
+            return None
+    width = _residual_width(shapes)
     if width is None:
         return None
-    per_block = 0
-    for _, shape in signature:
-        size = 1
-        for dim in shape:
-            size *= dim
-        per_block += size
-    prefix = path + "." if path else ""
-    return _Stack(path, tuple(prefix + n for n, _ in children), per_block * len(children), width)
+    per_block = sum(map(torch.Size.numel, shapes))
+    return _Stack(path, tuple(spans), per_block * len(children), width)
+
+
+def _containers(view: ModelView) -> list[str]:
+    """Paths of every module that could hold a block stack, in tree order."""
+    modules = view.modules
+    paths = list(modules)
+    types = list(map(type, modules.values()))
+    found: set[str] = set()
+    for kind in set(types):
+        if issubclass(kind, _CONTAINER_TYPES):
+            at = types.index(kind)
+            while True:
+                found.add(paths[at])
+                try:
+                    at = types.index(kind, at + 1)
+                except ValueError:
+                    break
+    text = "\n".join(paths)
+    named = set(_PARENT_OF_NAMED.findall(text))
+    found.update(parent for parent, count in Counter(_PARENT_OF_NUMBERED.findall(text)).items()
+                 if count >= 2 and parent not in named)
+    return [path for path in paths if path in found] if len(found) > 1 else list(found)
 
 
 def _largest_stack(view: ModelView) -> _Stack | None:
-    stacks = [s for path, m in view.modules.items() if (s := _as_stack(path, m)) is not None]
+    modules = view.modules
+    stacks = [s for path in _containers(view) if (s := _as_stack(view, path, modules[path])) is not None]
     # A container of whole models (an ensemble) is not a block stack: its blocks hold stacks themselves.
     stacks = [s for s in stacks if not any(o is not s and _inside(o.path, s.path) for o in stacks)]
     largest = max(stacks, key=lambda s: s.numel, default=None)
@@ -154,19 +242,17 @@ def _largest_stack(view: ModelView) -> _Stack | None:
     # Two equal backbones (an ensemble, a teacher beside its student): which one is "the" ViT is a choice
     # for the user, not for a structural guess that would give the other one the head's lr.
     twins = [s for s in stacks if s.numel == largest.numel and s.width == largest.width
-             and len(s.children) == len(largest.children)]
+             and len(s.blocks) == len(largest.blocks)]
     return largest if len(twins) == 1 else None
 
 
-def _is_final_norm(path: str, module: nn.Module, stack: str) -> bool:
-    """A norm module beside the stack (or beside one of its ancestors): the encoder's output norm."""
+def _is_final_norm(path: str, module: nn.Module) -> bool:
+    """A norm module (the caller checks that it sits beside the stack or one of its ancestors)."""
     local = path.rpartition(".")[2]
     if local.startswith("fc"):  # timm/MAE ``fc_norm``: the norm of the pooled feature, part of the head
         return False
     lowered = local.lower()
-    if not (is_norm_module(type(module)) or "norm" in lowered or lowered.startswith("ln")):
-        return False
-    return _inside(stack, _parent(path))
+    return is_norm_module(type(module)) or "norm" in lowered or lowered.startswith("ln")
 
 
 def _is_sequence_param(name: str, shape: tuple[int, ...] | torch.Size, width: int) -> bool:
@@ -184,61 +270,70 @@ def _is_sequence_param(name: str, shape: tuple[int, ...] | torch.Size, width: in
 
 def find_layout(view: ModelView) -> ViTLayout | None:
     """The ViT layout of ``view``'s model, or None when the model is not a plain vision transformer."""
+    if not may_be_vit(view):
+        return None
     stack = _largest_stack(view)
     if stack is None:
         return None
-    in_stack = [_inside(n, stack.path) for n in view.names]
+    names, params = view.names, view.params
+    start, stop = stack.blocks[0].start, stack.blocks[-1].stop
+    # Only the parameters outside the stack need a look of their own; the blocks are whole slices.
+    outside = [*range(start), *range(stop, len(names))]
+    width = stack.width
     # The patch embedding: a [D, C, p, p] weight outside the stack, as close to the stack as possible.
     root: str | None = None
     patch_owner = ""
-    for name, param, inside in zip(view.names, view.params, in_stack, strict=True):
-        if inside or param.ndim != 4 or param.shape[0] != stack.width:
+    for i in outside:
+        param = params[i]
+        if param.ndim != 4 or param.shape[0] != width:
             continue
-        owner = _parent(name)
+        owner = _parent(names[i])
         candidate = _common_path(owner, stack.path)
         if root is None or _depth(candidate) > _depth(root):
             root, patch_owner = candidate, owner
     if root is None:
         return None
-    has_sequence_param = any(
-        not inside and _inside(name, root) and _is_sequence_param(name, param.shape, stack.width)
-        for name, param, inside in zip(view.names, view.params, in_stack, strict=True)
-    )
-    if not has_sequence_param:
+    in_root = range(len(names)) if not root else view.span(root)
+    backbone = [i for i in outside if i in in_root]
+    if not any(_is_sequence_param(names[i], params[i].shape, width) for i in backbone):
         return None
 
-    block_index = {path: i for i, path in enumerate(stack.children)}
-    final_norms = tuple(
-        path for path, m in view.modules.items()
-        if _inside(path, root) and not _inside(path, stack.path) and _is_final_norm(path, m, stack.path)
-    )
-    # Modules are listed in registration order (depth first): a layer registered before the stack is part
-    # of the stem. Parameters that a container owns directly (``cls_token`` on the model, ``pos_embedding``
-    # on torchvision's encoder) are listed before all its children whatever their place, so for those the
-    # shape decides: a token or position table is stem, anything else (OpenCLIP's ``proj``) is not.
-    order = {path: i for i, path in enumerate(view.modules)}
-    stack_position = order[stack.path]
-    prefix_len = len(stack.path) + 1 if stack.path else 0
-    roles: dict[str, tuple[str, int]] = {}
-    for name, param, inside in zip(view.names, view.params, in_stack, strict=True):
-        if inside:
-            child = stack.path + "." + name[prefix_len:].split(".", 1)[0] if stack.path else name.split(".", 1)[0]
-            roles[name] = (BLOCK, block_index[child])
-            continue
-        if not _inside(name, root):
-            roles[name] = (TOP, -1)
-            continue
+    # Final norms sit beside the stack or beside one of its ancestors inside the backbone.
+    parts = stack.path.split(".")
+    root_parts = _depth(root)
+    beside = [".".join(parts[:k]) for k in range(root_parts, len(parts))]
+    # Parameters listed before the stack belong to layers registered before it (the stem). Parameters
+    # that a container owns directly (``cls_token`` on the model, ``pos_embedding`` on torchvision's
+    # encoder) are listed before all its children whatever their place, so for those the shape decides:
+    # a token or position table is stem, anything else (OpenCLIP's ``proj``) is not.
+    others = dict.fromkeys(names[:start], TOP)
+    others.update(dict.fromkeys(names[stop:], TOP))
+    skip = len(root) + 1 if root else 0
+    modules = view.modules
+    for i in backbone:
+        name = names[i]
         owner = _parent(name)
-        local = name[len(root) + 1:] if root else name
-        if any(marker in local for marker in _REL_POS_MARKERS):
-            roles[name] = (SHARED_REL_POS, -1)
+        if any(marker in name[skip:] for marker in _REL_POS_MARKERS):
+            others[name] = SHARED_REL_POS
         elif _inside(stack.path, owner) or owner == stack.path:
-            stem = _is_sequence_param(name, param.shape, stack.width)
-            roles[name] = (STEM, -1) if stem else (TOP, -1)
-        elif order[owner] < stack_position or (patch_owner != root and _inside(name, patch_owner)):
-            roles[name] = (STEM, -1)
-        elif any(_inside(name, norm) for norm in final_norms):
-            roles[name] = (FINAL_NORM, -1)
-        else:
-            roles[name] = (TOP, -1)
-    return ViTLayout(root, stack.path, len(stack.children), stack.width, roles)
+            others[name] = STEM if _is_sequence_param(name, params[i].shape, width) else TOP
+        elif i < start or (patch_owner != root and _inside(name, patch_owner)):
+            others[name] = STEM
+        elif _in_final_norm(name, beside, modules):
+            others[name] = FINAL_NORM
+    return ViTLayout(root, stack.path, len(stack.blocks), width, names, stack.blocks, others)
+
+
+def _in_final_norm(name: str, beside: list[str], modules: dict[str, nn.Module]) -> bool:
+    for ancestor in beside:
+        if ancestor and not name.startswith(ancestor + "."):
+            continue
+        rest = name[len(ancestor) + 1:] if ancestor else name
+        child, dot, _ = rest.partition(".")
+        if not dot:
+            continue
+        path = ancestor + "." + child if ancestor else child
+        module = modules.get(path)
+        if module is not None and _is_final_norm(path, module):
+            return True
+    return False
