@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
 import layerdecay
+from tests.models import TinyNet
 
 DECAY = 0.65
 
@@ -151,3 +153,33 @@ def test_unknown_optimizer_lists_close_matches(tiny, tiny_host):
 def test_lr_scale_mode_with_build_optimizer(tiny, tiny_host):
     opt = layerdecay.build_optimizer(tiny, "adamw", lr=0.2, layer_decay=0.5, scale_mode="lr_scale", host=tiny_host)
     assert all(g["lr"] == 0.2 and math.isclose(g["lr_scale"], 0.5 ** (5 - g["layer_id"])) for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "lamb"])
+def test_many_groups_build_like_torch_does(tiny_host, name):
+    """Past FAST_CONSTRUCTION_MIN_GROUPS groups the optimizer skips torch's quadratic disjointness check;
+    it must still equal an optimizer built the ordinary way, group by group and step by step."""
+    from layerdecay.optimizers import FAST_CONSTRUCTION_MIN_GROUPS
+
+    torch.manual_seed(0)
+    model = TinyNet(depth=FAST_CONSTRUCTION_MIN_GROUPS)
+    twin = copy.deepcopy(model)
+    fast = layerdecay.build_optimizer(model, name, lr=0.01, host=tiny_host)
+    assert len(fast.param_groups) > FAST_CONSTRUCTION_MIN_GROUPS
+    groups = layerdecay.param_groups(twin, lr=0.01, host=tiny_host)
+    if name == "lamb":
+        from timm.optim import Lamb as cls
+    else:
+        cls = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name]
+    reference = cls(groups, lr=0.01, weight_decay=0.05)
+    assert type(fast) is type(reference)
+    strip = lambda g: {k: v for k, v in g.items() if k != "params"}  # noqa: E731
+    assert [strip(g) for g in fast.param_groups] == [strip(g) for g in reference.param_groups]
+    for step in range(2):
+        x = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(step))
+        for m, opt in ((model, fast), (twin, reference)):
+            m(x).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True))
+    assert fast.state_dict()["param_groups"] == reference.state_dict()["param_groups"]

@@ -22,28 +22,12 @@ from collections.abc import Callable
 
 from layerdecay import ModelView, hookimpl, select_recipe
 from layerdecay_convnext._layout import Layout, find_layout
-from layerdecay_convnext._recipes import RECIPES, LayerIds, layer_ids
+from layerdecay_convnext._recipes import RECIPES, IdMap, LayerIds, layer_ids
 
 __all__ = ["PLUGIN_NAME", "RECIPES", "layerdecay_layer_id", "layerdecay_num_layers", "layout_of"]
 
 PLUGIN_NAME = "convnext"
 _OWNER = "the convnext plugin"
-
-
-class _IdMap(dict):
-    """Name -> layer id; a name it does not hold (head, neck, unknown) gets the top id.
-
-    Its bound ``__getitem__`` is the layer-id function: one C-level dict lookup per name.
-    """
-
-    __slots__ = ("top",)
-
-    def __init__(self, ids: dict[str, int], top: int) -> None:
-        super().__init__(ids)
-        self.top = top
-
-    def __missing__(self, name: str) -> int:
-        return self.top
 
 
 def layout_of(model: ModelView) -> Layout | None:
@@ -79,4 +63,7 @@ def layerdecay_layer_id(model: ModelView, recipe: str | None, num_layers: int) -
     found = _ids(model, recipe)
     if found is None:
         return None
-    return _IdMap(found.ids, num_layers - 1).__getitem__
+    ids = found.ids
+    if ids.top != num_layers - 1:
+        ids = IdMap(ids, num_layers - 1)
+    return ids.__getitem__

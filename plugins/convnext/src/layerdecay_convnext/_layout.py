@@ -17,6 +17,7 @@ parameters' ranks, and only the modules above those kernels are ever examined.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from dataclasses import dataclass
 
@@ -60,11 +61,12 @@ class Layout:
 
 
 def _role_of(roles: dict[str, Role], name: str) -> Role | None:
-    parts = name.split(".")
-    for depth in range(len(parts) - 1, 0, -1):
-        role = roles.get(".".join(parts[:depth]))
+    path = name.rpartition(".")[0]
+    while path:
+        role = roles.get(path)
         if role is not None:
             return role
+        path = path.rpartition(".")[0]
     return None
 
 
@@ -99,46 +101,29 @@ def _block_width(weights: list[tuple[int, ...]]) -> int | None:
 
 
 class _Index:
-    """Ranks of every parameter (one C-level pass) and shapes on demand, over the view's spans."""
+    """Positions of the parameters that may be weights (rank 2 or more), shapes read only where needed."""
 
-    def __init__(self, view: ModelView, ranks: list[int]) -> None:
+    def __init__(self, view: ModelView, ranks: list[int], fours: list[int]) -> None:
         self.view = view
         self.params = view.params
-        self.ranks = ranks
-        self._shapes: dict[int, tuple[int, ...]] = {}
-
-    def shape(self, i: int) -> tuple[int, ...]:
-        shape = self._shapes.get(i)
-        if shape is None:
-            shape = self._shapes[i] = tuple(self.params[i].shape)
-        return shape
-
-    def span(self, path: str) -> range:
-        return self.view.span(path)
-
-    def block_width(self, path: str) -> int | None:
-        """``_block_width`` of the module at ``path``, stopping at its fourth non-vector weight."""
-        ranks, params = self.ranks, self.params
-        weights: list[tuple[int, ...]] = []
-        for i in self.view.span(path):
-            if ranks[i] >= 2:
-                shape = params[i].shape
-                if _matrix_like(shape):
-                    if len(weights) == 3:
-                        return None
-                    weights.append(tuple(shape))
-        return _block_width(weights)
+        # Only parameters of rank 2 or more can be non-vector weights; the 4-D ones are known already.
+        others = [i for rank in set(ranks) if rank >= 2 and rank != 4 for i in _positions(ranks, rank)]
+        self.positions = sorted(fours + others) if others else fours
+        self.widths: dict[tuple[torch.Size, ...], int | None] = {}  # block widths by weight shapes
+        self._children: dict[str, list[str]] = {}
 
     def children(self, path: str) -> list[str]:
-        module = self.view.modules.get(path)
-        if module is None:
-            return []
-        prefix = path + "." if path else ""
-        return [prefix + name for name, child in module._modules.items() if child is not None]
+        kids = self._children.get(path)
+        if kids is None:
+            module = self.view.modules.get(path)
+            prefix = path + "." if path else ""
+            items = module._modules.items() if module is not None else ()
+            kids = self._children[path] = [prefix + name for name, child in items if child is not None]
+        return kids
 
 
 def _positions(ranks: list[int], rank: int) -> list[int]:
-    """Indices of the parameters of ``rank``, found by C-level searches (models hold few 4-D ones)."""
+    """Indices of the parameters of ``rank``, found by C-level searches (models hold few of rank 2+)."""
     found: list[int] = []
     find = ranks.index
     start = 0
@@ -158,47 +143,75 @@ def _block_containers(index: _Index, kernels: list[int]) -> list[tuple[str, list
     numbered module above one of ``kernels``: only those parents are examined.
     """
     names = index.view.names
-    candidates: dict[str, None] = {}
+    verdicts: dict[str, tuple[int, str, list[str], int] | None] = {}
+    seen: set[str] = set()
     for i in kernels:
-        parts = names[i].split(".")
-        for depth in range(len(parts) - 1):
-            if parts[depth].isdigit():
-                candidates[".".join(parts[:depth])] = None
-    found: list[tuple[int, str, list[str], int]] = []
-    for path in candidates:
-        span = index.span(path)
-        if not span:
-            continue
-        kids = index.children(path)
-        if not kids or any(not k.rpartition(".")[2].isdigit() for k in kids):
-            continue
-        width = None
-        for kid in kids:
-            kid_width = index.block_width(kid)
-            if kid_width is None or (width is not None and kid_width != width):
-                width = None
+        # Walk up from the kernel, innermost first: a valid container makes its ancestors moot (the
+        # innermost one wins), and a module walked before had its ancestors walked then.
+        path = names[i].rpartition(".")[0]
+        while path not in seen:
+            seen.add(path)
+            parent, _, last = path.rpartition(".")
+            if last.isdigit():
+                if parent not in verdicts:
+                    verdicts[parent] = _container(index, parent)
+                if verdicts[parent] is not None:
+                    break
+            if not path:
                 break
-            width = kid_width
-        if width is not None:
-            found.append((span.start, path, kids, width))
+            path = parent
+    found = [v for v in verdicts.values() if v is not None]
     # A depth-1 stage can itself look like a block: keep only the innermost containers. What is left are
     # disjoint subtrees, so the order of their parameters is the order of the tree.
-    paths = [p for _, p, _, _ in found]
-    inner = [c for c in found if not any(o != c[1] and _is_within(o, c[1]) for o in paths)]
-    inner.sort(key=lambda c: c[0])
-    return [(path, kids, width) for _, path, kids, width in inner]
+    if len(found) > 1:
+        paths = [p for _, p, _, _ in found]
+        found = [c for c in found if not any(o != c[1] and _is_within(o, c[1]) for o in paths)]
+        found.sort(key=lambda c: c[0])
+    return [(path, kids, width) for _, path, kids, width in found]
+
+
+def _container(index: _Index, path: str) -> tuple[int, str, list[str], int] | None:
+    """(first position, path, blocks, width) when every child of ``path`` is a block of one width."""
+    span = index.view.span(path)
+    if not span:
+        return None
+    kids = index.children(path)
+    if not kids or not all(k.rpartition(".")[2].isdigit() for k in kids):
+        return None
+    # ``_Index.block_width`` of every kid, inlined: this loop runs once per block of the model.
+    span_of, positions, params, widths = index.view.span, index.positions, index.params, index.widths
+    left = bisect.bisect_left
+    width = None
+    for kid in kids:
+        kid_span = span_of(kid)
+        lo = left(positions, kid_span.start)
+        hi = left(positions, kid_span.stop, lo)
+        if hi - lo < 3:
+            return None
+        key = tuple([params[i].shape for i in positions[lo:hi]])
+        kid_width = widths.get(key, -1)
+        if kid_width == -1:
+            kid_width = widths[key] = _block_width([tuple(shape) for shape in key if _matrix_like(shape)])
+        if kid_width is None or (width is not None and kid_width != width):
+            return None
+        width = kid_width
+    return span.start, path, kids, width  # type: ignore[return-value]
 
 
 def _overlaps(span: range, ranges: list[range], points: set[int]) -> bool:
-    return any(r.start < span.stop and span.start < r.stop for r in ranges) or any(i in span for i in points)
+    start, stop = span.start, span.stop
+    for r in ranges:
+        if r.start < stop and start < r.stop:
+            return True
+    return any(i in span for i in points)
 
 
-def _largest_part(index: _Index, start: str, stop: str, avoid: list[range], points: set[int]) -> str:
+def _largest_part(view: ModelView, start: str, stop: str, avoid: list[range], points: set[int]) -> str:
     """The largest ancestor of ``start`` (below ``stop``) holding none of the ``avoid``/``points`` params."""
     best = start
     path = start
     while path and path != stop:
-        if _overlaps(index.span(path), avoid, points):
+        if _overlaps(view.span(path), avoid, points):
             break
         best = path
         path = _parent(path)
@@ -210,14 +223,11 @@ def find_layout(view: ModelView) -> Layout | None:
     params = view.params
     ranks = list(map(_rank, params))
     fours = _positions(ranks, 4) if 4 in ranks else []
-    kernels = []
-    for i in fours:
-        shape = params[i].shape
-        if shape[1] == 1 and max(shape[2], shape[3]) >= 2:
-            kernels.append(i)
+    four_shapes = [params[i].shape for i in fours]
+    kernels = [i for i, s in zip(fours, four_shapes, strict=True) if s[1] == 1 and max(s[2], s[3]) >= 2]
     if len(kernels) < 2:
         return None  # every block of at least two stages starts with a depthwise kernel
-    index = _Index(view, ranks)
+    index = _Index(view, ranks, fours)
     containers = _block_containers(index, kernels)
     if len(containers) < 2:
         return None
@@ -225,7 +235,9 @@ def find_layout(view: ModelView) -> Layout | None:
     if any(b < a for a, b in itertools.pairwise(widths)):
         return None  # not one backbone's stages in depth order
 
-    block_spans = [index.span(path) for path, _, _ in containers]
+    span_of = view.span
+    paths = [path for path, _, _ in containers]
+    block_spans = [span_of(path) for path in paths]
     first_block = block_spans[0].start
     last_block = block_spans[-1].stop - 1
 
@@ -235,48 +247,54 @@ def find_layout(view: ModelView) -> Layout | None:
     downsample: dict[int, str] = {}
     taken: list[range] = list(block_spans)
     unwrapped: list[int] = []
-    for s, (path, _, _) in enumerate(containers):
+    for s, path in enumerate(paths):
         parent = _parent(path)
-        others = [c for c, _, _ in containers if c != path and _is_within(c, parent)]
-        if path and not others and index.children(parent) != [path]:
-            # Only this stage's blocks lie under the parent, so anything more there is not a block.
-            if len(index.span(parent)) > len(block_spans[s]):
-                for kid in index.children(parent):
-                    if kid != path and index.span(kid):
-                        downsample[s] = kid  # the single non-block child of the stage wrapper
-                        taken.append(index.span(kid))
-                        break
-            continue
+        # No other stage under the parent (the stages are disjoint, so none is the parent itself).
+        alone = bool(parent) and not any(c.startswith(parent + ".") for c in paths[:s] + paths[s + 1 :])
+        if path and alone:
+            kids = index.children(parent)
+            if kids != [path]:
+                # Only this stage's blocks lie under the parent, so anything more there is not a block.
+                if len(span_of(parent)) > len(block_spans[s]):
+                    for kid in kids:
+                        if kid != path and (kid_span := span_of(kid)):
+                            downsample[s] = kid  # the single non-block child of the stage wrapper
+                            taken.append(kid_span)
+                            break
+                continue
         unwrapped.append(s)
     # Spatial convolutions outside the blocks: the stem's and the downsample layers'.
-    convs = []
-    for i in fours:
-        shape = index.shape(i)
-        if not any(i in r for r in taken) and _matrix_like(shape) and max(shape[2], shape[3]) >= 2:
-            convs.append(i)
+    inside: set[int] = set()
+    for r in taken:
+        inside.update(fours[bisect.bisect_left(fours, r.start) : bisect.bisect_left(fours, r.stop)])
+    convs = [
+        i for i, shape in zip(fours, four_shapes, strict=True)
+        if i not in inside and _matrix_like(shape) and max(shape[2], shape[3]) >= 2
+    ]
+    shape_of = dict(zip(fours, four_shapes, strict=True))
     ds_convs: dict[int, int] = {}
     for s in unwrapped:
         if s == 0:
             continue
         want = (widths[s], widths[s - 1])
         used = set(ds_convs.values())
-        match = next((i for i in convs if i < last_block and i not in used and index.shape(i)[:2] == want), None)
+        match = next((i for i in convs if i < last_block and i not in used and shape_of[i][:2] == want), None)
         if match is not None:
             ds_convs[s] = match
     stem_pool = [i for i in convs if i not in ds_convs.values()]
 
     # The stem: a strided convolution producing stage 0's width, registered before the first block,
     # searched from the stages' common ancestor upward (the wrapper around a nested backbone comes last).
-    lca = containers[0][0]
-    for path, _, _ in containers[1:]:
+    lca = paths[0]
+    for path in paths[1:]:
         while not _is_within(path, lca):
             lca = _parent(lca)
     stem_conv: int | None = None
     root = lca
     while True:
-        span = index.span(root)
+        span = span_of(root)
         stem_conv = next(
-            (i for i in stem_pool if i in span and i < first_block and index.shape(i)[0] == widths[0]), None
+            (i for i in stem_pool if i in span and i < first_block and shape_of[i][0] == widths[0]), None
         )
         if stem_conv is not None:
             break
@@ -284,14 +302,15 @@ def find_layout(view: ModelView) -> Layout | None:
             return None
         root = _parent(root)
 
+    names = view.names
     conv_params = [*ds_convs.values(), stem_conv]
     for s, conv in ds_convs.items():
         avoid = {c for c in conv_params if c != conv}
-        downsample[s] = _largest_part(index, _parent(view.names[conv]), root, block_spans, avoid)
+        downsample[s] = _largest_part(view, _parent(names[conv]), root, block_spans, avoid)
     for s in range(1, len(containers)):
         if s not in downsample and widths[s] != widths[s - 1]:
             return None  # the width changes but nothing maps it: not a ConvNeXt we understand
-    stem = _largest_part(index, _parent(view.names[stem_conv]), root, block_spans, set(ds_convs.values()))
+    stem = _largest_part(view, _parent(names[stem_conv]), root, block_spans, set(ds_convs.values()))
 
     roles: dict[str, Role] = {stem: ("stem",)}
     for s, path in downsample.items():
@@ -301,13 +320,13 @@ def find_layout(view: ModelView) -> Layout | None:
             roles[block] = ("block", s, b)
     # Whatever the backbone registers before its first block and is not a downsample belongs to the stem,
     # also when the stem is split into sibling modules (timm's ``features_only`` gives ``stem_0``, ``stem_1``).
-    span = index.span(root)
+    span = span_of(root)
     for i in range(span.start, min(span.stop, first_block)):
-        owner = _parent(view.names[i])
-        if owner != root and _role_of(roles, view.names[i]) is None:
+        owner = _parent(names[i])
+        if owner != root and _role_of(roles, names[i]) is None:
             roles[owner] = ("stem",)
     norm_pre = f"{root}.{NORM_PRE}" if root else NORM_PRE
-    if index.span(norm_pre):
+    if span_of(norm_pre):
         roles[norm_pre] = (NORM_PRE,)
     return Layout(
         root=root,

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from dataclasses import dataclass
 
 from layerdecay import ModelView
 from layerdecay_convnext._layout import NORM_PRE, Layout, Role
 
-__all__ = ["RECIPES", "LayerIds", "layer_ids"]
+__all__ = ["RECIPES", "IdMap", "LayerIds", "layer_ids"]
 
 # The first one is the default: the ConvNeXt paper's published recipe.
 RECIPES = ("official", "block", "stage", "timm")
@@ -25,11 +26,27 @@ RECIPES = ("official", "block", "stage", "timm")
 _MERGE_WITH_PREVIOUS = "merge"
 
 
+class IdMap(dict):
+    """Name -> layer id for the parameters with a role; any other name (head, neck, unknown) gets ``top``.
+
+    Its bound ``__getitem__`` serves as the layer-id function: one C-level dict lookup per name.
+    """
+
+    __slots__ = ("top",)
+
+    def __init__(self, ids: dict[str, int] | None = None, top: int = 0) -> None:
+        super().__init__(ids or ())
+        self.top = top
+
+    def __missing__(self, name: str) -> int:
+        return self.top
+
+
 @dataclass(frozen=True)
 class LayerIds:
     """Layer ids of every parameter with a role (others: the top), and the number of ids."""
 
-    ids: dict[str, int]
+    ids: IdMap
     num_layers: int
 
 
@@ -126,15 +143,35 @@ def _ids_by_name(layout: Layout, names: tuple[str, ...], recipe: str) -> LayerId
     return LayerIds(ids, backbone_top + 1 + int(outside))
 
 
-def _role_spans(layout: Layout, view: ModelView) -> list[tuple[range, Role]] | None:
-    """The parameters of each role as one run of the view, or None when two roles' modules nest."""
-    runs = sorted(
-        ((span, role) for path, role in layout.roles.items() if (span := view.span(path))),
-        key=lambda run: run[0].start,
-    )
-    if any(b[0].start < a[0].stop for a, b in itertools.pairwise(runs)):
+def _role_runs(layout: Layout, view: ModelView) -> list[tuple[int, int, Role]] | None:
+    """The parameters of each role as one run ``(start, stop, role)`` of the view, in order; None when two
+    roles' modules nest (then a parameter's role is its nearest ancestor's, decided name by name)."""
+    span_of = view.span
+    runs = []
+    for path, role in layout.roles.items():
+        span = span_of(path)
+        if span:
+            runs.append((span.start, span.stop, role))
+    runs.sort(key=operator.itemgetter(0))
+    if any(b[0] < a[1] for a, b in itertools.pairwise(runs)):
         return None
     return runs
+
+
+def _assign(names: tuple[str, ...], runs: list[tuple[int, int, int]]) -> IdMap:
+    """Names of every run -> its id; adjacent runs with one id are handed out as one slice."""
+    ids = IdMap()
+    lid, start, stop = -1, 0, 0
+    for a, b, run_id in runs:
+        if run_id == lid and a == stop:
+            stop = b
+            continue
+        if stop > start:
+            ids.update(dict.fromkeys(names[start:stop], lid))
+        lid, start, stop = run_id, a, b
+    if stop > start:
+        ids.update(dict.fromkeys(names[start:stop], lid))
+    return ids
 
 
 def layer_ids(layout: Layout, view: ModelView, recipe: str) -> LayerIds:
@@ -144,27 +181,22 @@ def layer_ids(layout: Layout, view: ModelView, recipe: str) -> LayerIds:
     decided once and handed to its whole run; names outside every run (head, neck) go to the top.
     """
     names = view.names
-    runs = _role_spans(layout, view)
+    runs = _role_runs(layout, view)
     if runs is None:
-        return _ids_by_name(layout, names, recipe)
-    ids: dict[str, int] = {}
-    covered = 0
+        found = _ids_by_name(layout, names, recipe)
+        return LayerIds(IdMap(found.ids, found.num_layers - 1), found.num_layers)
     if recipe == "timm":
-        keys = [(span, _timm_key(role)) for span, role in runs]
-        ordinal = {key: i for i, key in enumerate(sorted({k for _, k in keys if k != _MERGE_WITH_PREVIOUS}))}
+        keys = [(a, b, _timm_key(role)) for a, b, role in runs]
+        ordinal = {key: i for i, key in enumerate(sorted({k for _, _, k in keys if k != _MERGE_WITH_PREVIOUS}))}
         last = len(ordinal) - 1
-        for span, key in keys:
-            ids.update(dict.fromkeys(names[span.start : span.stop], last if key == _MERGE_WITH_PREVIOUS
-                                     else ordinal[key]))  # type: ignore[index]
-            covered += len(span)
-        return LayerIds(ids, last + 1 + int(covered < len(names)))
-    rule = _RULES[recipe]
-    backbone_top = 0
-    for span, role in runs:
-        lid = rule(role, layout.depths)
-        if lid is None:
-            continue
-        ids.update(dict.fromkeys(names[span.start : span.stop], lid))
-        covered += len(span)
-        backbone_top = max(backbone_top, lid)
-    return LayerIds(ids, backbone_top + 1 + int(covered < len(names)))
+        numbered = [(a, b, last if k == _MERGE_WITH_PREVIOUS else ordinal[k]) for a, b, k in keys]  # type: ignore[index]
+        covered = sum(b - a for a, b, _ in numbered)
+        num_layers = last + 1 + int(covered < len(names))
+    else:
+        rule, depths = _RULES[recipe], layout.depths
+        numbered = [(a, b, lid) for a, b, role in runs if (lid := rule(role, depths)) is not None]
+        covered = sum(b - a for a, b, _ in numbered)
+        num_layers = max((lid for _, _, lid in numbered), default=0) + 1 + int(covered < len(names))
+    ids = _assign(names, numbered)
+    ids.top = num_layers - 1
+    return LayerIds(ids, num_layers)

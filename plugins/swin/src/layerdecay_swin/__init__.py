@@ -34,10 +34,8 @@ biases, relative position tables, the v2 ``cpb_mlp`` and ``logit_scale``, absolu
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from operator import attrgetter
 
 from layerdecay import ModelView, hookimpl, is_norm_module, select_recipe
 
@@ -60,6 +58,7 @@ _TABLE = "relative_position_bias_table"
 _CPB_MODULES = frozenset({"cpb_mlp", "continuous_position_bias_mlp"})
 # Text that every marker's name contains: a model whose names hold none of it is rejected without analysis.
 _MARKER_TEXT = (_TABLE, *(module + "." for module in sorted(_CPB_MODULES)))
+_MLP_TEXT = "_mlp."
 # How far above the marker the block's index may sit: ``B.attn.table`` (timm, torchvision, original),
 # ``B.attention.self.table`` (transformers 4), ``B.attention.relative_position_bias.table`` (transformers 5).
 _MAX_MARKER_DEPTH = 3
@@ -74,8 +73,6 @@ BLOCK = "block"
 MERGE = "merge"
 FINAL_NORM = "final norm"
 TOP = "top"
-
-_SHAPE = attrgetter("shape")
 
 Role = tuple[str, int, int]
 _TOP_ROLE: Role = (TOP, 0, 0)
@@ -139,31 +136,35 @@ def _under(name: str, prefix: str) -> bool:
     return not prefix or name.startswith(prefix + ".")
 
 
-def _block_of_marker(path: str, table: bool) -> str | None:
-    """The path of the block that holds a window attention, from its marker's module path, or None.
+def _block_of_marker(path: str, table: bool) -> tuple[str | None, str | None]:
+    """The path of the block that holds a window attention, from its marker's module path (or None).
 
     ``table``: the marker is a 2-D ``relative_position_bias_table`` of the module at ``path``; otherwise the
-    marker is the first position-bias MLP module on ``path``.
+    marker is the first position-bias MLP module on ``path``. Also returns, for an MLP marker, the name prefix
+    up to it (``"...cpb_mlp."``): every other parameter under that prefix, a table aside, has the same answer.
     """
     parts = path.split(".") if path else []
     if table:
         marker = len(parts)
     else:
-        for marker, part in enumerate(parts):
+        for marker, part in enumerate(parts):  # noqa: B007 (the loop finds ``marker``)
             if part in _CPB_MODULES:
                 break
         else:
-            return None
+            return None, None
     for i in range(marker - 1, max(marker - 1 - _MAX_MARKER_DEPTH, 0), -1):
         if parts[i].isdigit():
-            return ".".join(parts[: i + 1])
-    return None
+            block = ".".join(parts[: i + 1])
+            break
+    else:
+        block = None
+    return block, None if table else ".".join(parts[: marker + 1]) + "."
 
 
-def _marker_candidates(text: str) -> list[int]:
-    """Positions (line numbers of ``text``, one name a line) of the names that contain marker text."""
+def _marker_candidates(text: str, markers: list[str]) -> list[int]:
+    """Positions (line numbers of ``text``, one name a line) of the names that contain one of ``markers``."""
     found = set()
-    for marker in _MARKER_TEXT:
+    for marker in markers:
         pos = text.find(marker)
         line, counted = 0, 0
         while pos >= 0:
@@ -198,8 +199,12 @@ def _stage_list_of(container: str) -> tuple[str, int] | None:
 def _width(view: ModelView, block: str) -> int:
     """A block's channel width: the most common length among its 1-D parameters (norms, biases)."""
     span = view.span(block)
-    lengths = Counter(shape[0] for shape in map(_SHAPE, view.params[span.start : span.stop]) if len(shape) == 1)
-    return lengths.most_common(1)[0][0] if lengths else 0
+    counts: dict[int, int] = {}
+    for param in view.params[span.start : span.stop]:
+        if param.ndim == 1:
+            length = param.shape[0]
+            counts[length] = counts.get(length, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else 0  # ties: the first seen
 
 
 def _numbered_children(view: ModelView, path: str) -> list[str]:
@@ -238,18 +243,24 @@ def _find_stages(view: ModelView) -> tuple[str, list[str]] | None:
     """(stage list path, block containers in running order) of the largest Swin backbone, or None."""
     names = view.names
     text = "\n".join(names)
-    if not any(marker in text for marker in _MARKER_TEXT):
-        return None  # the common case, any model but a windowed transformer: one substring search
+    # Two substring searches reject any model but a windowed transformer ("_mlp." is in both MLP markers).
+    markers = [_TABLE] if _TABLE in text else []
+    if _MLP_TEXT in text:
+        markers.extend(marker for marker in _MARKER_TEXT[1:] if marker in text)
+    if not markers:
+        return None
     params = view.params
     blocks: dict[str, str] = {}  # block path -> container path
-    seen = set()  # (module path, table): a v2 block's MLP has several parameters, one answer
-    for i in _marker_candidates(text):
-        path, _, last = names[i].rpartition(".")
-        key = (path, last == _TABLE and params[i].ndim == 2)
-        if key in seen:
+    mlp = None  # the name prefix of the last MLP marker: a v2 block's MLP has several parameters, one answer
+    for i in _marker_candidates(text, markers):
+        name = names[i]
+        path, _, last = name.rpartition(".")
+        table = last == _TABLE and params[i].ndim == 2
+        if not table and mlp is not None and name.startswith(mlp):
             continue
-        seen.add(key)
-        block = _block_of_marker(*key)
+        block, prefix = _block_of_marker(path, table)
+        if prefix is not None:
+            mlp = prefix
         if block is not None:
             blocks.setdefault(block, _parent(block))
     groups: dict[str, dict[int, str]] = {}
@@ -341,16 +352,20 @@ def _analyse(view: ModelView) -> SwinLayout | None:
 
     # Walk the backbone's run: blocks are whole sub-runs (the outermost block wins if two ever nest), and
     # only the few parameters between them (stem, PatchMergings, final norm, head) are looked at one by one.
-    spans = sorted(
-        ((view.span(path), where) for path, where in block_index.items()), key=lambda b: (b[0].start, -b[0].stop)
-    )
+    spans = []
+    for path, (s, j) in block_index.items():
+        span = view.span(path)
+        if span:
+            spans.append((span.start, -span.stop, s, j))
+    spans.sort()
     pos, last_stage = inside.start, -1
-    for span, (s, j) in spans:
-        if not span or span.start < pos:
+    for start, minus_stop, s, j in spans:
+        if start < pos:
             continue
-        place(pos, span.start, last_stage)
-        runs.append((span.start, span.stop, (BLOCK, s, j)))
-        last_stage, pos = s, span.stop
+        if start > pos:
+            place(pos, start, last_stage)
+        runs.append((start, -minus_stop, (BLOCK, s, j)))
+        last_stage, pos = s, -minus_stop
     place(pos, inside.stop, last_stage)
 
     merges = {unit: _merge_stage(view, positions, widths_t) for unit, positions in units.items()}
@@ -380,7 +395,7 @@ def _role_ids(layout: SwinLayout, recipe: str) -> Callable[[Role], int]:
     starts = [sum(layout.depths[:s]) for s in range(len(layout.depths) + 1)]
     total = starts[-1]
     simmim = recipe == "simmim"
-    has_top = simmim or any(role[0] == TOP for _, _, role in layout.runs)
+    has_top = simmim or any(role[0] == TOP for _, _, role in layout.runs)  # short-circuits for simmim
     top = total + 1 if has_top else total
 
     def role_id(role: Role) -> int:
@@ -405,9 +420,14 @@ def layer_ids(layout: SwinLayout, recipe: str) -> dict[str, int]:
         return layout.ids[recipe]
     role_id = _role_ids(layout, recipe)
     aligned: list[int | None] = [None] * len(layout.names)
+    covered = 0
     for start, stop, role in layout.runs:
         aligned[start:stop] = [role_id(role)] * (stop - start)
-    ids = {name: i for name, i in zip(layout.names, aligned, strict=True) if i is not None}
+        covered += stop - start
+    if covered == len(aligned):  # the runs cover every parameter once (a layout built by hand may not)
+        ids = dict(zip(layout.names, aligned, strict=True))
+    else:
+        ids = {name: i for name, i in zip(layout.names, aligned, strict=True) if i is not None}
     layout.ids[recipe] = ids
     return ids
 

@@ -31,10 +31,10 @@ parameter (see :func:`may_be_vit`).
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, itemgetter
 
 import torch
 from torch import nn
@@ -55,14 +55,7 @@ _MIN_BLOCK_MATRICES = 4
 _REL_POS_MARKERS = ("rel_pos", "relative_position", "position_bias")
 _CONTAINER_TYPES = (nn.ModuleList, nn.Sequential)
 
-# Over names joined by newlines (the regex engine scans them at C speed, with no Python work per name):
-# a parameter of its own, i.e. one that is no layer's ``weight``/``bias`` (tokens, position tables, ...).
-_FREE_STANDING = re.compile(r"^.*(?<![^.\n])(?!(?:weight|bias)$)[^.\n]+$", re.MULTILINE)
-# A numbered path component (a container's child), to tell repeated parameters apart from unique ones.
-_NUMBERED = re.compile(r"(?<![^.\n])\d+(?=\.)")
-# Over module paths joined by newlines: the parent of a child whose name ends in a digit, or does not.
-_PARENT_OF_NUMBERED = re.compile(r"^(?:(.*)\.)?[^.\n]*\d$", re.MULTILINE)
-_PARENT_OF_NAMED = re.compile(r"^(?:(.*)\.)?[^.\n]*[^\d.\n]$", re.MULTILINE)
+_DIGITS = b"0123456789"
 
 _shape = attrgetter("shape")
 _ndim = attrgetter("ndim")
@@ -136,10 +129,14 @@ def may_be_vit(view: ModelView) -> bool:
     numbers, same shape in the first two blocks), and BERT has no such parameter at all. Works on the
     joined names, so turning a model away costs about as much as copying its names once.
     """
-    free = _FREE_STANDING.findall("\n".join(view.names))
+    # String methods only: they run at C speed over the joined names, with no Python work per name.
+    text = "\n".join(view.names) + "\n"
+    pieces = text.replace(".weight\n", "\r").replace(".bias\n", "\r").split("\n")
+    # Each newline now ends a free-standing name: the last line of each piece.
+    free = list(map(itemgetter(2), map(str.rpartition, pieces[:-1], repeat("\r"))))
     if not free:
         return False
-    patterns = _NUMBERED.sub("#", "\n".join(free)).split("\n")
+    patterns = "\n".join(free).encode().translate(None, _DIGITS).split(b"\n")
     names, params = view.names, view.params
     for pattern, count in Counter(patterns).items():
         if count == 1:
@@ -168,11 +165,6 @@ def _residual_width(shapes: list[torch.Size]) -> int | None:
     return inputs.most_common(1)[0][0] if inputs else None
 
 
-def _relative_names(names: tuple[str, ...], span: range, prefix: str) -> str:
-    """The names under a block without the block's own path, joined (compared as one string)."""
-    return ("\n" + "\n".join(names[span.start:span.stop])).replace("\n" + prefix, "\n")
-
-
 def _as_stack(view: ModelView, path: str, module: nn.Module) -> _Stack | None:
     """The container at ``path`` as a stack of identical transformer blocks, or None.
 
@@ -196,11 +188,14 @@ def _as_stack(view: ModelView, path: str, module: nn.Module) -> _Stack | None:
         if len(span) != size or type(modules.get(child)) is not block_type:
             return None
     shapes = list(map(_shape, first_params))
-    relative = _relative_names(names, first, children[0] + ".")
+    # Same names below each block's own path: block k's names are block 0's with k's path in front.
+    skip = len(children[0]) + 1
+    relative = list(map(itemgetter(slice(skip, None)), names[first.start:first.stop]))
     for child, span in zip(children[1:], spans[1:], strict=True):
         if list(map(_shape, params[span.start:span.stop])) != shapes:
             return None
-        if _relative_names(names, span, child + ".") != relative:
+        head = child + "."
+        if "\n".join(names[span.start:span.stop]) != head + ("\n" + head).join(relative):
             return None
     width = _residual_width(shapes)
     if width is None:
@@ -210,30 +205,41 @@ def _as_stack(view: ModelView, path: str, module: nn.Module) -> _Stack | None:
 
 
 def _containers(view: ModelView) -> list[str]:
-    """Paths of every module that could hold a block stack, in tree order."""
+    """Paths of the ``ModuleList``/``Sequential`` modules, in tree order (found by type at C speed)."""
     modules = view.modules
-    paths = list(modules)
     types = list(map(type, modules.values()))
-    found: set[str] = set()
-    for kind in set(types):
-        if issubclass(kind, _CONTAINER_TYPES):
-            at = types.index(kind)
-            while True:
-                found.add(paths[at])
-                try:
-                    at = types.index(kind, at + 1)
-                except ValueError:
-                    break
-    text = "\n".join(paths)
-    named = set(_PARENT_OF_NAMED.findall(text))
-    found.update(parent for parent, count in Counter(_PARENT_OF_NUMBERED.findall(text)).items()
-                 if count >= 2 and parent not in named)
-    return [path for path in paths if path in found] if len(found) > 1 else list(found)
+    kinds = [kind for kind in set(types) if issubclass(kind, _CONTAINER_TYPES)]
+    if not kinds:
+        return []
+    paths = list(modules)
+    found: list[int] = []
+    for kind in kinds:
+        at = types.index(kind)
+        while True:
+            found.append(at)
+            try:
+                at = types.index(kind, at + 1)
+            except ValueError:
+                break
+    return [paths[at] for at in sorted(found)]
+
+
+def _numbered_containers(view: ModelView) -> list[str]:
+    """Paths of plain modules whose children (two or more) are all numbered by name (``encoder_layer_0``)."""
+    return [path for path, module in view.modules.items()
+            if not isinstance(module, _CONTAINER_TYPES) and len(children := module._modules) >= 2
+            and all(name[-1:].isdigit() for name, child in children.items() if child is not None)]
+
+
+def _stacks(view: ModelView, paths: list[str]) -> list[_Stack]:
+    modules = view.modules
+    return [s for path in paths if (s := _as_stack(view, path, modules[path])) is not None]
 
 
 def _largest_stack(view: ModelView) -> _Stack | None:
-    modules = view.modules
-    stacks = [s for path in _containers(view) if (s := _as_stack(view, path, modules[path])) is not None]
+    # Stacks are ModuleLists or Sequentials in every library; a plain module with numbered children (a
+    # torchvision encoder rebuilt from its names) is looked for only when there is none.
+    stacks = _stacks(view, _containers(view)) or _stacks(view, _numbered_containers(view))
     # A container of whole models (an ensemble) is not a block stack: its blocks hold stacks themselves.
     stacks = [s for s in stacks if not any(o is not s and _inside(o.path, s.path) for o in stacks)]
     largest = max(stacks, key=lambda s: s.numel, default=None)
