@@ -223,3 +223,11 @@ def test_check_plan_on_facts_alone():
     assert notes[0].startswith("min_scale=0.1 raised the scale of 4 layer id(s) (0-2, 4)")
     assert notes[1].startswith("layer ids 1-3, 6-7 hold no parameter")
     assert len(notes) == 2
+
+
+def test_negligible_scales_warn_and_never_underflow_to_zero(host):
+    depth = 3000
+    plan = plan_of(Net(depth=2), host, MapRule(depth, by_cell(top=depth - 1)))
+    assert min(plan.scales) > 0.0  # 0.75 ** 2999 underflows; the scale stays positive
+    assert notes_with(plan, "effectively do not train")
+    assert not notes_with(plan_of(Net(depth=2), host, MapRule(6, by_cell(top=5))), "effectively do not train")

@@ -3,6 +3,8 @@ exponential scale. Plugins and user rules registered later take precedence over 
 
 from __future__ import annotations
 
+import sys
+
 from layerdecay._markers import hookimpl
 from layerdecay.model_view import ModelView
 from layerdecay.policy import Policy, meaning_policy
@@ -11,9 +13,13 @@ PLUGIN_NAME = "core"
 
 
 def exponential_scales(num_layers: int, layer_decay: float) -> list[float]:
-    """``layer_decay ** (top - layer_id)`` for every layer id; the top layer gets 1.0."""
+    """``layer_decay ** (top - layer_id)`` for every layer id; the top layer gets 1.0.
+
+    Thousands of layers underflow to 0.0 (0.75 ** 4000); those stay at the smallest positive float, so
+    the scale keeps its contract (positive) and the plan warns that such layers effectively do not train.
+    """
     top = num_layers - 1
-    return [layer_decay ** (top - i) for i in range(num_layers)]
+    return [max(layer_decay ** (top - i), sys.float_info.min) for i in range(num_layers)]
 
 
 @hookimpl(trylast=True)

@@ -104,7 +104,8 @@ class ModelView:
         mark_param, mark_module = seen_params.add, seen_modules.add
 
         def visit(prefix: str, module: nn.Module) -> None:
-            # The hot loop of every plan: as lean as named_parameters() itself.
+            # The hot loop of every plan, as lean as named_parameters() itself. Leaf children (no
+            # submodules: Linear, LayerNorm, Dropout, ...) are most modules; they are handled inline.
             if module in seen_modules:
                 return
             mark_module(module)
@@ -131,8 +132,27 @@ class ModelView:
                     continue
                 if cname in _ALWAYS_WRAPPER_CHILDREN:
                     visit(prefix, child)
-                else:
+                    continue
+                if child._modules:
                     visit(prefix + cname + ".", child)
+                    continue
+                if child in seen_modules:
+                    continue
+                mark_module(child)
+                child_path = prefix + cname
+                modules[child_path] = child
+                child_params = child._parameters
+                if child_params:
+                    child_start = len(names)
+                    for pname, param in child_params.items():
+                        if param is None or id(param) in seen_params:
+                            continue
+                        mark_param(id(param))
+                        add_name(child_path + "." + pname)
+                        add_param(param)
+                        add_owner(child)
+                    if len(names) > child_start:
+                        spans[child_path] = (child_start, len(names))
             if len(names) > start:
                 spans[path] = (start, len(names))
 

@@ -94,6 +94,8 @@ def _check_scales(scales: list[float], num_layers: int, plugin: str) -> None:
             plugin=plugin,
         )
     for i, s in enumerate(scales):
+        if type(s) is float and 0.0 < s < math.inf:
+            continue  # the common case, without the (slow) abstract-class check below
         if isinstance(s, bool) or not isinstance(s, Real) or not math.isfinite(s) or s <= 0:
             raise PluginError(
                 f"plugin {plugin!r} answered layerdecay_lr_scale with scale {s!r} for layer id {i}; "
@@ -193,7 +195,7 @@ def make_plan(
                     for b in buckets if b.layer_id == top for i in b.members],
         all_layer_ids=lambda: _all_layer_ids(view, layer_fn, num_layers),
         unused_patterns={p.option: p.unused() for p in (nwd_patterns, mult_patterns)},
-        clamped=clamped, min_scale=min_scale,
+        clamped=clamped, min_scale=min_scale, scales=scales,
     ))
 
     plan = Plan(

@@ -110,21 +110,21 @@ def _model_no_weight_decay(view: ModelView) -> tuple[frozenset[str], tuple[str, 
     names: set[str] = set()
     keywords: list[str] = []
     # Which classes define the lists, asked once per class: a deep model has many modules, few classes.
-    lists_of: dict[type, tuple[bool, bool]] = {}
+    listing = {
+        cls
+        for cls in set(map(type, view.modules.values()))
+        if callable(getattr(cls, "no_weight_decay", None)) or callable(getattr(cls, "no_weight_decay_keywords", None))
+    }
+    if not listing:
+        return frozenset(), ()
     for path, module in view.modules.items():
         cls = type(module)
-        has = lists_of.get(cls)
-        if has is None:
-            has = lists_of[cls] = (
-                callable(getattr(cls, "no_weight_decay", None)),
-                callable(getattr(cls, "no_weight_decay_keywords", None)),
-            )
-        if not (has[0] or has[1]):
+        if cls not in listing:
             continue
         prefix = path + "." if path else ""
-        if has[0]:
+        if callable(getattr(cls, "no_weight_decay", None)):
             names.update(prefix + n for n in module.no_weight_decay())
-        if has[1]:
+        if callable(getattr(cls, "no_weight_decay_keywords", None)):
             keywords.extend(module.no_weight_decay_keywords())
     return frozenset(names), tuple(keywords)
 

@@ -47,6 +47,7 @@ class PlanFacts:
         unused_patterns: Option name (``no_weight_decay``, ``lr_mult``) -> its patterns that matched nothing.
         clamped: Layer ids whose scale ``min_scale`` raised.
         min_scale: The floor that was applied.
+        scales: The final lr multiplier of each layer id.
     """
 
     model_name: str
@@ -61,6 +62,7 @@ class PlanFacts:
     unused_patterns: Mapping[str, Sequence[str]] = field(default_factory=dict)
     clamped: Sequence[int] = ()
     min_scale: float = 0.0
+    scales: Sequence[float] = ()
 
 
 # Name pieces (split at '.' and '_') that mean "embedding, token or position": pos_embed, cls_token,
@@ -133,6 +135,19 @@ def _clamped(facts: PlanFacts) -> list[str]:
             "their ratios to the layers above are no longer layer_decay."]
 
 
+# Below this, an lr multiplier leaves a layer effectively untrained (a 1e-3 lr becomes 1e-11).
+NEGLIGIBLE_SCALE = 1e-8
+
+
+def _negligible(facts: PlanFacts) -> list[str]:
+    ids = [i for i, s in enumerate(facts.scales) if s < NEGLIGIBLE_SCALE]
+    if not ids:
+        return []
+    return [f"{len(ids)} layer id(s) ({_id_ranges(ids)}) get an lr multiplier below {NEGLIGIBLE_SCALE:g} "
+            f"(layer_decay={facts.layer_decay:g} over {facts.num_layers} layers): they effectively do not train. "
+            "Raise layer_decay, or set min_scale."]
+
+
 def _unused_patterns(facts: PlanFacts) -> list[str]:
     return [
         f"{option} pattern {pattern!r} matched no trainable parameter; check the spelling against plan.rows names."
@@ -182,7 +197,7 @@ def _embeddings_on_top(facts: PlanFacts) -> list[str]:
             "a layer with a layerdecay_layer_id rule."]
 
 
-_CHECKS = (_no_plugin, _fallback, _clamped, _unused_patterns, _collapsed, _gaps, _embeddings_on_top)
+_CHECKS = (_no_plugin, _fallback, _clamped, _negligible, _unused_patterns, _collapsed, _gaps, _embeddings_on_top)
 
 
 def check_plan(facts: PlanFacts) -> list[str]:
