@@ -62,3 +62,19 @@ class TinyRule:
             return num_layers - 1
 
         return layer_id
+
+
+class Cell(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+
+
+class CellNet(nn.Module):
+    """patch (3->4) -> 3 cells (4->4) -> head (4->2): the generic fallback gives it 5 layer ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Linear(3, 4)
+        self.cells = nn.ModuleList(Cell(4) for _ in range(3))
+        self.head = nn.Linear(4, 2)

@@ -13,25 +13,12 @@ from torch import nn
 
 import layerdecay
 from layerdecay.cli import main
+from tests.models import CellNet as CliNet
 
 ROOT = Path(__file__).resolve().parents[1]
 NET = "tests.test_cli:make_net"
 
 
-class Cell(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.lin = nn.Linear(dim, dim)
-
-
-class CliNet(nn.Module):
-    """patch (3->4) -> 3 cells (4->4) -> head (4->2)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.patch = nn.Linear(3, 4)
-        self.cells = nn.ModuleList(Cell(4) for _ in range(3))
-        self.head = nn.Linear(4, 2)
 
 
 def make_net() -> nn.Module:

@@ -6,26 +6,14 @@ import sys
 import warnings
 
 import pytest
-from torch import nn
 
 import layerdecay
 from layerdecay.plot import MissingExtraError, plot_plan, require_matplotlib
+from tests.models import CellNet as Net
 
 pytest.importorskip("matplotlib")
 
 
-class Cell(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.lin = nn.Linear(dim, dim)
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.patch = nn.Linear(3, 4)
-        self.cells = nn.ModuleList(Cell(4) for _ in range(3))
-        self.head = nn.Linear(4, 2)
 
 
 class Gappy:

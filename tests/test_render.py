@@ -7,7 +7,6 @@ import json
 import warnings
 
 import pytest
-from torch import nn
 
 import layerdecay
 from layerdecay.render import (
@@ -19,23 +18,7 @@ from layerdecay.render import (
     print_plan,
     use_rich,
 )
-
-
-class Cell(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.lin = nn.Linear(dim, dim)
-
-
-class Net(nn.Module):
-    """patch (3->4) -> 3 cells (4->4) -> head (4->2): the generic fallback gives 5 layer ids."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.patch = nn.Linear(3, 4)
-        self.cells = nn.ModuleList(Cell(4) for _ in range(3))
-        self.head = nn.Linear(4, 2)
-
+from tests.models import CellNet as Net
 
 # Independent of the code under test: element counts of each part, and decay ** (top - i).
 ELEMENTS = [16, 20, 20, 20, 10]  # weight + bias of patch, cell 0..2, head

@@ -128,3 +128,11 @@ def test_verify_names_stale_params():
     model.head.weight = torch.nn.Parameter(model.head.weight.detach().clone())  # replaced, as sharding does
     with pytest.raises(PlanMismatchError, match=r"stale.*head\.weight"):
         verify(opt, model)
+
+
+def test_unfreezing_into_an_optimizer_of_stale_tensors_is_refused():
+    model = make_model()
+    optimizer = layerdecay.build_optimizer(model, "adamw", lr=0.1, plugins=[PLUGIN])
+    replaced = make_model()  # same names, other tensors: what sharding after building does
+    with pytest.raises(layerdecay.PlanMismatchError, match="stale tensors"):
+        layerdecay.add_unfrozen_params(optimizer, replaced, plugins=[PLUGIN])

@@ -597,11 +597,15 @@ def add_unfrozen_params(
 
     Returns:
         The names of the parameters added.
+
+    Raises:
+        PlanMismatchError: The optimizer holds tensors that are no longer the model's (see :func:`verify`).
     """
     if plan is None:
         plan = make_plan(model, stacklevel=3, **plan_options)
     elif plan_options:
         raise ConfigError("pass either plan= or planning options to add_unfrozen_params, not both.")
+    verify(optimizer, model)  # stale or misnamed tensors first: adding beside them would train the wrong thing
     groups = optimizer.param_groups
     present = {id(p) for g in groups for p in g["params"]}
     new_rows = [i for i, r in enumerate(plan.rows) if not r.excluded and id(plan.parameters[i]) not in present]
