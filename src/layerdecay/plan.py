@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import chain
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -143,8 +144,11 @@ class Plan:
                 merged.setdefault((b.lr_mult, b.weight_decay), []).append(b)
         out = []
         for (mult, wd), parts in merged.items():
-            # A bucket's members are already in model order; only a merge of several needs sorting.
-            members = parts[0].members if len(parts) == 1 else sorted(i for b in parts for i in b.members)
+            if len(parts) == 1:  # a bucket's members are already in model order
+                only = parts[0]
+                out.append(((only.layer_id,), mult, wd, only.resolved.lr_mult, only.members))
+                continue
+            members = sorted(chain.from_iterable(b.members for b in parts))
             ids = tuple(sorted({b.layer_id for b in parts}))
             extras = {b.resolved.lr_mult for b in parts}
             out.append((ids, mult, wd, next(iter(extras)) if len(extras) == 1 else None, members))
