@@ -23,9 +23,6 @@ from layerdecay.validation import ParamFact, PlanFacts, check_plan
 
 __all__ = ["make_plan", "check_number"]
 
-NO_WEIGHT_DECAY_OPTION = "no_weight_decay="
-LR_MULT_OPTION = "lr_mult="
-
 
 def check_number(name: str, value: Any, *, minimum: float | None = None, exclusive: bool = False,
                  maximum: float | None = None) -> float:
@@ -143,8 +140,8 @@ def make_plan(
             f"({len(view)} parameters, all with requires_grad=False): there is nothing to optimize."
         )
 
-    notes: list[str] = []
     claimed = host.claim(view, recipe)
+    rivals: tuple[str, ...] = ()
     if claimed is None:
         if recipe is not None:
             select_recipe(recipe, generic.RECIPES, owner="the generic fallback (no plugin claims this model)")
@@ -152,13 +149,6 @@ def make_plan(
         layer_fn, layer_by = (lambda _name: 0), "nobody"
     else:
         num_layers, owner, rivals = claimed
-        if rivals:
-            others = ", ".join(repr(r) for r in rivals)
-            notes.append(
-                f"{len(rivals) + 1} plugins claim {type(view.model).__name__}: {owner!r} and {others}; {owner!r} was "
-                f"registered later, so it decides. If that is not what you want, disable it with "
-                f"LAYERDECAY_DISABLE_PLUGINS={owner} (or disable=[{owner!r}]); if it is, disable {others}."
-            )
         found = host.layer_id(view, recipe, num_layers)
         if found is None:
             raise PluginError(
@@ -187,9 +177,9 @@ def make_plan(
 
     top = num_layers - 1
     names, tensors = view.names, view.params
-    notes += check_plan(PlanFacts(
+    notes = check_plan(PlanFacts(
         model_name=type(view.model).__name__, num_layers=num_layers, layer_decay=layer_decay, owner=owner,
-        fallback=fallback, trainable=sum(len(b.members) for b in buckets),
+        rivals=rivals, fallback=fallback, trainable=sum(len(b.members) for b in buckets),
         used_layer_ids={b.layer_id for b in buckets},
         top_params=[ParamFact(names[i], tuple(view.shape_of(tensors[i])), top)
                     for b in buckets if b.layer_id == top for i in b.members],

@@ -37,6 +37,7 @@ class PlanFacts:
         num_layers: Number of layer ids.
         layer_decay: The decay factor asked for.
         owner: The plugin that claimed the model, or None when none did.
+        rivals: Other plugins of the owner's kind that claim the model too (the owner decides).
         fallback: How the generic fallback found the layers, when it was used.
         trainable: Number of trainable parameters.
         used_layer_ids: Layer ids that hold a trainable parameter.
@@ -54,6 +55,7 @@ class PlanFacts:
     num_layers: int
     layer_decay: float
     owner: str | None
+    rivals: Sequence[str] = ()
     fallback: str | None = None
     trainable: int = 0
     used_layer_ids: Collection[int] = ()
@@ -117,6 +119,15 @@ def _no_plugin(facts: PlanFacts) -> list[str]:
         "parameter is in layer 0, so layer_decay has no effect. Install the family's plugin or register a "
         "layerdecay_layer_id rule."
     ]
+
+
+def _rivals(facts: PlanFacts) -> list[str]:
+    if not facts.rivals:
+        return []
+    owner, others = facts.owner, ", ".join(repr(r) for r in facts.rivals)
+    return [f"{len(facts.rivals) + 1} plugins claim {facts.model_name}: {owner!r} and {others}; {owner!r} was "
+            "registered later, so it decides. If that is not what you want, disable it with "
+            f"LAYERDECAY_DISABLE_PLUGINS={owner} (or disable=[{owner!r}]); if it is, disable {others}."]
 
 
 def _fallback(facts: PlanFacts) -> list[str]:
@@ -197,7 +208,9 @@ def _embeddings_on_top(facts: PlanFacts) -> list[str]:
             "a layer with a layerdecay_layer_id rule."]
 
 
-_CHECKS = (_no_plugin, _fallback, _clamped, _negligible, _unused_patterns, _collapsed, _gaps, _embeddings_on_top)
+_CHECKS = (
+    _rivals, _no_plugin, _fallback, _clamped, _negligible, _unused_patterns, _collapsed, _gaps, _embeddings_on_top,
+)
 
 
 def check_plan(facts: PlanFacts) -> list[str]:
