@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from layerdecay._text import listed
 from layerdecay.errors import ConfigError, LayerDecayWarning, PlanMismatchError
 from layerdecay.model_view import ModelView, strip_wrapper_prefixes
 from layerdecay.plan import Plan
@@ -323,10 +324,6 @@ def _param_names(model: nn.Module) -> dict[int, str]:
     return {id(p): n for n, p in zip(view.names, view.params, strict=True)}
 
 
-def _listed(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... ({len(items)} in all)" if len(items) > _MAX_LISTED else "")
-
 
 def verify(optimizer: Any, model: nn.Module, *, plan: Plan | None = None) -> None:
     """Check that ``optimizer`` trains ``model``'s current parameters, under the names and (optionally) plan.
@@ -365,16 +362,16 @@ def verify(optimizer: Any, model: nn.Module, *, plan: Plan | None = None) -> Non
     if stale:
         problems.append(
             f"{len(stale)} optimizer parameter(s) are not parameters of the model (stale tensors: they never "
-            f"train): {_listed(stale)}. Build the param groups after wrapping/sharding the model "
+            f"train): {listed(stale)}. Build the param groups after wrapping/sharding the model "
             "(FSDP2 fully_shard replaces parameters with DTensors)."
         )
     if misnamed:
         problems.append(f"{len(misnamed)} parameter name(s) in the optimizer do not match the tensors they hold: "
-                        f"{_listed(misnamed)}. A state was loaded by position; use load_optimizer_state().")
+                        f"{listed(misnamed)}. A state was loaded by position; use load_optimizer_state().")
     if plan is not None:
         missing = [r.name for r in plan.rows if not r.excluded and r.name not in placed]
         if missing:
-            problems.append(f"{len(missing)} planned parameter(s) are in no param group: {_listed(missing)}.")
+            problems.append(f"{len(missing)} planned parameter(s) are in no param group: {listed(missing)}.")
         wrong = []
         for r in plan.rows:
             group = placed.get(r.name)
@@ -389,13 +386,13 @@ def verify(optimizer: Any, model: nn.Module, *, plan: Plan | None = None) -> Non
                 wrong.append(f"{r.name}: wd_mult {wd_mult:g}, plan {planned_wd_mult:g}")
         if wrong:
             problems.append(f"{len(wrong)} parameter(s) sit in a group with other hyperparameters than the plan's: "
-                            f"{_listed(wrong)}.")
+                            f"{listed(wrong)}.")
     else:
         view = ModelView(model)
         missing = [n for n, p in zip(view.names, view.params, strict=True) if p.requires_grad and id(p) not in seen]
         if missing and not stale:
             warnings.warn(f"{len(missing)} trainable parameter(s) are in no param group and will not train: "
-                          f"{_listed(missing)}.", LayerDecayWarning, stacklevel=2)
+                          f"{listed(missing)}.", LayerDecayWarning, stacklevel=2)
     if problems:
         raise PlanMismatchError(f"the optimizer does not match {type(ModelView(model).model).__name__}:\n"
                                 + "\n".join(f"  - {p}" for p in problems))
@@ -427,9 +424,9 @@ def _diff_states(current: list[dict[str, Any]], saved: list[dict[str, Any]]) -> 
     added = [n for n in where_now if n not in where_then]
     dropped = [n for n in where_then if n not in where_now]
     if added:
-        diffs.append(f"parameters not in the saved state (added or newly unfrozen): {_listed(added)}")
+        diffs.append(f"parameters not in the saved state (added or newly unfrozen): {listed(added)}")
     if dropped:
-        diffs.append(f"saved parameters the optimizer no longer has (removed or newly frozen): {_listed(dropped)}")
+        diffs.append(f"saved parameters the optimizer no longer has (removed or newly frozen): {listed(dropped)}")
     moved = []
     for n, (gi, g) in where_now.items():
         if n not in where_then:
@@ -443,7 +440,7 @@ def _diff_states(current: list[dict[str, Any]], saved: list[dict[str, Any]]) -> 
             if gi != gj:
                 moved.append(f"{n}: saved in group {gj}, now in group {gi}")
     if moved:
-        diffs.append(f"parameters whose group changed (another recipe or options): {_listed(moved)}")
+        diffs.append(f"parameters whose group changed (another recipe or options): {listed(moved)}")
     if not diffs:
         if len(current) != len(saved):
             diffs.append(f"{len(saved)} saved groups, {len(current)} now")
@@ -659,7 +656,7 @@ def add_unfrozen_params(
     if pending and any("initial_lr" in g for g in groups) and scheduler is None:
         raise ConfigError(
             "new param groups are needed for "
-            f"{_listed([plan.rows[i].name for rows in pending.values() for i in rows])}, and a scheduler drives "
+            f"{listed([plan.rows[i].name for rows in pending.values() for i in rows])}, and a scheduler drives "
             "this optimizer (its groups carry 'initial_lr'): pass scheduler= so the new groups are scheduled too."
         )
     for (mult, wd), rows in pending.items():

@@ -14,10 +14,11 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from layerdecay._text import listed
+
 __all__ = ["GENERIC_OWNER", "ParamFact", "PlanFacts", "check_plan", "looks_like_embedding"]
 
 GENERIC_OWNER = "generic"
-_MAX_LISTED = 5
 
 
 class ParamFact(NamedTuple):
@@ -89,12 +90,6 @@ def looks_like_embedding(name: str, shape: Sequence[int]) -> bool:
     if any(_EMBED_PIECE.match(p) for p in pieces if p):
         return True
     return "." not in name and len(shape) == 3 and shape[0] == 1
-
-
-def _listed(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    more = len(items) - _MAX_LISTED
-    return shown + (f" and {more} more" if more > 0 else "")
 
 
 def _id_ranges(ids: Sequence[int]) -> str:
@@ -203,7 +198,7 @@ def _embeddings_on_top(facts: PlanFacts) -> list[str]:
     names = [p.name for p in facts.top_params if p.layer_id == top and looks_like_embedding(p.name, p.shape)]
     if not names:
         return []
-    return [f"{len(names)} parameter(s) in the top layer {top} look like embeddings or tokens ({_listed(names)}); "
+    return [f"{len(names)} parameter(s) in the top layer {top} look like embeddings or tokens ({listed(names)}); "
             "unknown parameters fall to the top, where they get the full lr. Check the layer map, or give them "
             "a layer with a layerdecay_layer_id rule."]
 
