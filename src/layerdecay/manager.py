@@ -79,7 +79,8 @@ def _env_flag(var: str) -> bool:
     return os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _disable_hint(name: str, distribution: str | None) -> str:
+def disable_hint(name: str, distribution: str | None = None) -> str:
+    """How to switch a plugin off, for messages that blame it."""
     hint = f"disable it with {ENV_BLOCK}={name} (or disable=[{name!r}])"
     if distribution:
         hint += f", or uninstall {distribution}"
@@ -160,7 +161,7 @@ class PluginHost:
         except Exception as exc:
             raise PluginError(
                 f"plugin {impl.plugin_name!r} raised {type(exc).__name__} in {hook}: {exc}. "
-                f"The plugin is at fault; {_disable_hint(impl.plugin_name, None)}.",
+                f"The plugin is at fault; {disable_hint(impl.plugin_name, None)}.",
                 plugin=impl.plugin_name,
             ) from exc
 
@@ -265,18 +266,6 @@ class PluginHost:
             )
         return list(scales), plugin
 
-    def wrap_call(self, plugin: str, hook: str, function: Callable[..., Any], *args: Any) -> Any:
-        """Call a function a plugin returned, attributing its failure to the plugin."""
-        try:
-            return function(*args)
-        except LayerDecayError:
-            raise
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {plugin!r} raised {type(exc).__name__} in the function it returned from "
-                f"{hook} (arguments {args[0]!r}...): {exc}. {_disable_hint(plugin, None)}.",
-                plugin=plugin,
-            ) from exc
 
 
 def _new_plugin_manager() -> pluggy.PluginManager:
@@ -366,11 +355,11 @@ def create_plugin_host(
             plugin = ep.load()
             hooks = _register(pm, plugin, ep.name, describe=describe)
         except PluginError as exc:
-            infos.append(_replace(info, status="failed", error=f"{exc}; {_disable_hint(ep.name, dist_name)}"))
+            infos.append(_replace(info, status="failed", error=f"{exc}; {disable_hint(ep.name, dist_name)}"))
             continue
         except Exception as exc:
             error = (f"{describe} failed to load: {type(exc).__name__}: {exc}; "
-                     f"{_disable_hint(ep.name, dist_name)}")
+                     f"{disable_hint(ep.name, dist_name)}")
             infos.append(_replace(info, status="failed", error=error))
             continue
         infos.append(_replace(info, hooks=hooks))

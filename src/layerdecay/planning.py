@@ -13,7 +13,7 @@ from torch import nn
 from layerdecay import generic
 from layerdecay._gc import gc_paused
 from layerdecay.errors import ConfigError, LayerDecayError, LayerDecayWarning, ModelError, PlanError, PluginError
-from layerdecay.manager import PluginHost, default_host
+from layerdecay.manager import PluginHost, default_host, disable_hint
 from layerdecay.model_view import ModelView
 from layerdecay.patterns import PatternSet
 from layerdecay.plan import Bucket, Plan, Resolved
@@ -224,8 +224,7 @@ def _bad_layer_id(layer_by: str, name: str, lid: object, num_layers: int) -> Plu
     return PluginError(
         f"plugin {layer_by!r} gave parameter {name!r} the layer id {lid!r} ({type(lid).__name__}) "
         f"in layerdecay_layer_id; the contract is an int in 0..{num_layers - 1} "
-        f"(num_layers={num_layers}). The plugin is at fault; disable it with "
-        f"LAYERDECAY_DISABLE_PLUGINS={layer_by} (or disable=[{layer_by!r}]).",
+        f"(num_layers={num_layers}). The plugin is at fault; {disable_hint(layer_by)}.",
         plugin=layer_by,
     )
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from layerdecay._text import listed
+from layerdecay.manager import disable_hint
 
 __all__ = ["GENERIC_OWNER", "ParamFact", "PlanFacts", "check_plan", "looks_like_embedding"]
 
@@ -121,8 +122,8 @@ def _rivals(facts: PlanFacts) -> list[str]:
         return []
     owner, others = facts.owner, ", ".join(repr(r) for r in facts.rivals)
     return [f"{len(facts.rivals) + 1} plugins claim {facts.model_name}: {owner!r} and {others}; {owner!r} was "
-            "registered later, so it decides. If that is not what you want, disable it with "
-            f"LAYERDECAY_DISABLE_PLUGINS={owner} (or disable=[{owner!r}]); if it is, disable {others}."]
+            f"registered later, so it decides. If that is not what you want, {disable_hint(owner)}; "
+            f"if it is, disable {others}."]
 
 
 def _fallback(facts: PlanFacts) -> list[str]:
