@@ -183,3 +183,21 @@ def test_many_groups_build_like_torch_does(tiny_host, name):
             opt.zero_grad()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True))
     assert fast.state_dict()["param_groups"] == reference.state_dict()["param_groups"]
+
+
+def test_many_groups_with_an_overridden_add_param_group_build_the_ordinary_way(tiny_host):
+    from layerdecay.optimizers import FAST_CONSTRUCTION_MIN_GROUPS
+
+    class CountingSGD(torch.optim.SGD):
+        added = 0
+
+        def add_param_group(self, param_group):
+            type(self).added += 1
+            super().add_param_group(param_group)
+
+    model = TinyNet(depth=FAST_CONSTRUCTION_MIN_GROUPS)
+    opt = layerdecay.build_optimizer(model, CountingSGD, lr=0.1, host=tiny_host)
+    groups = layerdecay.param_groups(model, lr=0.1, host=tiny_host)
+    assert [g["group_name"] for g in opt.param_groups] == [g["group_name"] for g in groups]
+    assert [g["param_names"] for g in opt.param_groups] == [[n for n, _ in g["params"]] for g in groups]
+    assert CountingSGD.added == 1 + len(groups)  # the probe's one group, then every group through the override

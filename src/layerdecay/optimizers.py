@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -23,14 +25,15 @@ __all__ = ["create_optimizer", "torch_optimizers"]
 TIMM_PREFIX = "timm:"
 
 
-def torch_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
-    """Lower-cased name -> class for every optimizer class exported by ``torch.optim``."""
+@functools.cache
+def torch_optimizers() -> Mapping[str, type[torch.optim.Optimizer]]:
+    """Lower-cased name -> class for every optimizer class exported by ``torch.optim`` (read once)."""
     out = {}
     for attr in dir(torch.optim):
         obj = getattr(torch.optim, attr)
         if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer) and obj is not torch.optim.Optimizer:
             out[attr.lower()] = obj
-    return out
+    return MappingProxyType(out)
 
 
 def _timm_names() -> list[str]:
@@ -88,27 +91,17 @@ def create_optimizer(
         _check_keywords(optimizer, {"lr": lr, "weight_decay": weight_decay, **kwargs}, label)
         return _construct(label, kwargs, optimizer, groups, lr=lr, weight_decay=weight_decay, **kwargs)
 
-    name = optimizer.strip()
-    force_timm = name.lower().startswith(TIMM_PREFIX)
-    if force_timm:
-        name = name[len(TIMM_PREFIX) :]
-    cls = None if force_timm else torch_optimizers().get(name.lower())
-    if cls is not None:
+    name = _timm_name(optimizer)
+    if name is None:
+        cls = torch_optimizers()[optimizer.strip().lower()]
         label = f"{optimizer!r} (torch.optim.{cls.__name__})"
         _check_keywords(cls, {"lr": lr, "weight_decay": weight_decay, **kwargs}, label)
         return _construct(label, kwargs, cls, groups, lr=lr, weight_decay=weight_decay, **kwargs)
 
-    try:
-        from timm.optim import create_optimizer_v2, get_optimizer_class
-    except ImportError as exc:
-        raise UnknownOptimizerError(
-            f"optimizer {optimizer!r} is not in torch.optim, and timm (for its registry) is not installed."
-        ) from exc
-    base = name.lower().split("_")[-1]
-    try:
-        timm_cls = get_optimizer_class(base, bind_defaults=False)
-    except ValueError:
-        raise _unknown(optimizer) from None
+    base = _timm_base(optimizer, name)
+    from timm.optim import create_optimizer_v2, get_optimizer_class
+
+    timm_cls = get_optimizer_class(base, bind_defaults=False)
     label = f"{optimizer!r} (timm {getattr(timm_cls, '__name__', base)})"
     _check_keywords(timm_cls, kwargs, label)
     return _construct(label, kwargs, create_optimizer_v2, groups, opt=name, lr=lr, weight_decay=weight_decay, **kwargs)
@@ -154,7 +147,9 @@ def _construct(label: str, kwargs: dict[str, Any], factory: Callable[..., torch.
     groups, *rest = args
     fast = len(groups) >= FAST_CONSTRUCTION_MIN_GROUPS
     try:
-        optimizer = factory(groups[:1] if fast else groups, *rest, **all_kwargs)
+        # The probe gets a copy of the first group: torch rewrites the dict it is given, and a class that
+        # overrides add_param_group is then rebuilt from the untouched groups.
+        optimizer = factory([dict(groups[0])] if fast else groups, *rest, **all_kwargs)
     except (ValueError, TypeError) as exc:
         given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no extra keywords"
         raise ConfigError(
@@ -169,20 +164,31 @@ def _construct(label: str, kwargs: dict[str, Any], factory: Callable[..., torch.
     return optimizer
 
 
-def check_optimizer_name(optimizer: object) -> None:
-    """Fail early (before planning) on an unknown optimizer name."""
-    if not isinstance(optimizer, str):
-        return
-    name = optimizer.strip().lower()
-    if name.startswith(TIMM_PREFIX):
-        name = name[len(TIMM_PREFIX) :]
-    elif name in torch_optimizers():
-        return
+def _timm_name(optimizer: str) -> str | None:
+    """The timm registry name ``optimizer`` stands for, or None when it names a ``torch.optim`` class."""
+    name = optimizer.strip()
+    if name.lower().startswith(TIMM_PREFIX):
+        return name[len(TIMM_PREFIX) :]
+    return None if name.lower() in torch_optimizers() else name
+
+
+def _timm_base(optimizer: str, name: str) -> str:
+    """The registry entry behind timm name ``name`` (``lookahead_adamw`` -> ``adamw``), or UnknownOptimizerError."""
     try:
         from timm.optim import get_optimizer_info
-    except ImportError:
-        raise _unknown(optimizer) from None
+    except ImportError as exc:
+        raise UnknownOptimizerError(
+            f"optimizer {optimizer!r} is not in torch.optim, and timm (for its registry) is not installed."
+        ) from exc
+    base = name.lower().split("_")[-1]
     try:
-        get_optimizer_info(name.split("_")[-1])
+        get_optimizer_info(base)
     except ValueError:
         raise _unknown(optimizer) from None
+    return base
+
+
+def check_optimizer_name(optimizer: object) -> None:
+    """Fail early (before planning) on an unknown optimizer name."""
+    if isinstance(optimizer, str) and (name := _timm_name(optimizer)) is not None:
+        _timm_base(optimizer, name)
