@@ -1,4 +1,4 @@
-"""Small hand-made models with known structure, shared by the core's tests."""
+"""Small hand-made models with known structure, and a table reader, shared by the core's tests."""
 
 from __future__ import annotations
 
@@ -78,3 +78,15 @@ class CellNet(nn.Module):
         self.patch = nn.Linear(3, 4)
         self.cells = nn.ModuleList(Cell(4) for _ in range(3))
         self.head = nn.Linear(4, 2)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The rows of the first plain-text table in ``text`` (after its dashed rule), split on runs of 2+ spaces."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("-----")) + 1
+    rows = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        rows.append([c.strip() for c in line.strip().split("  ") if c.strip()])
+    return rows

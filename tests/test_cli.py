@@ -14,6 +14,7 @@ from torch import nn
 import layerdecay
 from layerdecay.cli import main
 from tests.models import CellNet as CliNet
+from tests.models import table_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 NET = "tests.test_cli:make_net"
@@ -68,17 +69,6 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def table_rows(text: str) -> list[list[str]]:
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("-----")) + 1
-    rows = []
-    for line in lines[start:]:
-        if not line.strip():
-            break
-        rows.append([c.strip() for c in line.strip().split("  ") if c.strip()])
-    return rows
 
 
 def test_explain_table_by_layer(capsys):

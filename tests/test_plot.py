@@ -14,8 +14,6 @@ from tests.models import CellNet as Net
 pytest.importorskip("matplotlib")
 
 
-
-
 class Gappy:
     """patch 0, cells 1-3, head 6: layer ids 4 and 5 are empty."""
 

@@ -19,6 +19,7 @@ from layerdecay.render import (
     use_rich,
 )
 from tests.models import CellNet as Net
+from tests.models import table_rows
 
 # Independent of the code under test: element counts of each part, and decay ** (top - i).
 ELEMENTS = [16, 20, 20, 20, 10]  # weight + bias of patch, cell 0..2, head
@@ -34,21 +35,9 @@ def plan() -> layerdecay.Plan:
         return layerdecay.explain(Net(), host=host, layer_decay=0.5, weight_decay=0.05)
 
 
-def body_rows(text: str) -> list[list[str]]:
-    """The rows of the first table in ``text`` (after its dashed rule), split on runs of 2+ spaces."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("-----")) + 1
-    rows = []
-    for line in lines[start:]:
-        if not line.strip():
-            break
-        rows.append([c for c in line.strip().split("  ") if c.strip()])
-    return [[c.strip() for c in r] for r in rows]
-
-
 def test_layer_table_numbers(plan):
     text = plan.table(lr=1e-3)
-    rows = body_rows(text)
+    rows = table_rows(text)
     assert [r[0] for r in rows] == ["0", "1", "2", "3", "4"]
     for i, r in enumerate(rows):
         _, mult, lr, wd, tensors, elements, decay, no_decay = r[:8]
@@ -85,7 +74,7 @@ def test_param_table_one_row_per_parameter_with_reasons(plan):
 
 def test_plain_params_text_lists_every_parameter(plan):
     text = plan.table(params=True)
-    listed = [r[0] for r in body_rows(text)]
+    listed = [r[0] for r in table_rows(text)]
     assert listed == [r.name for r in plan.rows]
 
 
@@ -164,7 +153,7 @@ def test_compare_plans_with_different_layer_counts(plan):
     # patch: 1/16 vs 1/4; cells.0: 1/8 vs 1/2; cells.1: 1/4 vs 1/2; cells.2 and head agree (1/2 and 1).
     assert cmp.lr_mult_differs == 6
     assert cmp.labels == ("default (a)", "default (b)")
-    rows = body_rows(comparison_text(cmp))
+    rows = table_rows(comparison_text(cmp))
     assert rows[4] == ["4", "1", "-", "10", "-"]
     out = io.StringIO()
     print_comparison(cmp, params=True, file=out, rich=True, width=250)
