@@ -63,18 +63,10 @@ def test_hf_trainer(mode):
         assert all(no_decay) if wd == 0.0 else (not any(no_decay) and wd == 0.01), names
 
 
-def test_lightning():
-    pytest.importorskip("lightning")
-    result = example("lightning_module")["main"](steps=3)
-    assert result["steps"] == 3
-    _assert_powers(result["lr_mults"], 0.75)
-    for lr, mult in zip(result["lrs"], result["lr_mults"], strict=True):
-        assert lr == pytest.approx(result["base_lr"] * 0.9 ** 3 * mult, rel=1e-12)
-
-
-def test_accelerate():
-    pytest.importorskip("accelerate")
-    result = example("accelerate_loop")["main"](steps=3)
+@pytest.mark.parametrize(("script", "package"), [("lightning_module", "lightning"), ("accelerate_loop", "accelerate")])
+def test_lightning_and_accelerate(script, package):
+    pytest.importorskip(package)
+    result = example(script)["main"](steps=3)
     assert result["steps"] == 3
     _assert_powers(result["lr_mults"], 0.75)
     for lr, mult in zip(result["lrs"], result["lr_mults"], strict=True):
