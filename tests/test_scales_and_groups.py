@@ -155,22 +155,22 @@ def test_lr_scale_mode_with_build_optimizer(tiny, tiny_host):
     assert all(g["lr"] == 0.2 and math.isclose(g["lr_scale"], 0.5 ** (5 - g["layer_id"])) for g in opt.param_groups)
 
 
-@pytest.mark.parametrize("name", ["adamw", "sgd", "lamb"])
-def test_many_groups_build_like_torch_does(tiny_host, name):
-    """Past FAST_CONSTRUCTION_MIN_GROUPS groups the optimizer skips torch's quadratic disjointness check;
-    it must still equal an optimizer built the ordinary way, group by group and step by step."""
-    from layerdecay.optimizers import FAST_CONSTRUCTION_MIN_GROUPS
-
+@pytest.mark.parametrize("depth", [2, 64])
+@pytest.mark.parametrize("name", ["adamw", "sgd", "lamb", "adagrad"])
+def test_groups_build_like_torch_does(tiny_host, name, depth):
+    """The optimizer skips torch's disjointness check between groups (Adagrad, which fills its state in
+    its constructor, is built the ordinary way); it must still equal an optimizer built the ordinary way,
+    group by group and step by step."""
     torch.manual_seed(0)
-    model = TinyNet(depth=FAST_CONSTRUCTION_MIN_GROUPS)
+    model = TinyNet(depth=depth)
     twin = copy.deepcopy(model)
     fast = layerdecay.build_optimizer(model, name, lr=0.01, host=tiny_host)
-    assert len(fast.param_groups) > FAST_CONSTRUCTION_MIN_GROUPS
+    assert len(fast.param_groups) > depth
     groups = layerdecay.param_groups(twin, lr=0.01, host=tiny_host)
     if name == "lamb":
         from timm.optim import Lamb as cls
     else:
-        cls = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name]
+        cls = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}[name]
     reference = cls(groups, lr=0.01, weight_decay=0.05)
     assert type(fast) is type(reference)
     strip = lambda g: {k: v for k, v in g.items() if k != "params"}  # noqa: E731
@@ -183,11 +183,10 @@ def test_many_groups_build_like_torch_does(tiny_host, name):
             opt.zero_grad()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True))
     assert fast.state_dict()["param_groups"] == reference.state_dict()["param_groups"]
+    assert fast.state_dict()["state"].keys() == reference.state_dict()["state"].keys()
 
 
 def test_many_groups_with_an_overridden_add_param_group_build_the_ordinary_way(tiny_host):
-    from layerdecay.optimizers import FAST_CONSTRUCTION_MIN_GROUPS
-
     class CountingSGD(torch.optim.SGD):
         added = 0
 
@@ -195,7 +194,7 @@ def test_many_groups_with_an_overridden_add_param_group_build_the_ordinary_way(t
             type(self).added += 1
             super().add_param_group(param_group)
 
-    model = TinyNet(depth=FAST_CONSTRUCTION_MIN_GROUPS)
+    model = TinyNet(depth=8)
     opt = layerdecay.build_optimizer(model, CountingSGD, lr=0.1, host=tiny_host)
     groups = layerdecay.param_groups(model, lr=0.1, host=tiny_host)
     assert [g["group_name"] for g in opt.param_groups] == [g["group_name"] for g in groups]

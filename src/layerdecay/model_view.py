@@ -8,6 +8,7 @@ exactly the plan of the bare model, and saved optimizer state carries names that
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ _ALWAYS_WRAPPER_CHILDREN = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_che
 # ``module`` is a wrapper child when its parent is DDP-like: it holds nothing but that one child.
 _MODULE_CHILD = "module"
 _WRAPPER_COMPONENTS = _ALWAYS_WRAPPER_CHILDREN | {_MODULE_CHILD}
+_SHAPE = attrgetter("shape")
 
 
 def _wrapped_child(module: nn.Module) -> nn.Module | None:
@@ -71,6 +73,123 @@ def strip_wrapper_prefixes(name: str) -> str:
     return ".".join(p for p in parts[lead:] if p not in _ALWAYS_WRAPPER_CHILDREN)
 
 
+Walk = tuple[list[str], list[torch.Tensor], list[nn.Module], dict[str, nn.Module], dict[str, tuple[int, int]],
+             dict[int, torch.Size]]
+
+
+def _walk_unshared(model: nn.Module) -> Walk | None:
+    """The walk for the usual model, in which no module and no parameter appears twice.
+
+    The hot loop of every plan, leaner than ``named_parameters()``: leaf children (no submodules: Linear,
+    LayerNorm, Dropout, ...) are most modules and are handled inline, and nothing is deduplicated on the
+    way. Sharing is detected once at the end by counting identities; then (and for a module tree with a
+    cycle) it answers None and the caller takes :func:`_walk`.
+    """
+    names: list[str] = []
+    params: list[torch.Tensor] = []
+    owners: list[nn.Module] = []
+    modules: dict[str, nn.Module] = {}
+    spans: dict[str, tuple[int, int]] = {}
+    flat_shapes: dict[int, torch.Size] = {}
+    add_name, add_param, add_owner = names.append, params.append, owners.append
+    wrapper_free = _ALWAYS_WRAPPER_CHILDREN.isdisjoint
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        children = module._modules
+        if len(children) == 1:
+            inner = _wrapped_child(module)
+            if inner is not None:
+                if "_fsdp_wrapped_module" in children:
+                    _flat_view_shapes(module, flat_shapes)
+                visit(prefix, inner)
+                return
+        path = prefix[:-1]
+        modules[path] = module
+        start = len(names)
+        for pname, param in module._parameters.items():
+            if param is not None:
+                add_name(prefix + pname)
+                add_param(param)
+                add_owner(module)
+        plain = wrapper_free(children)
+        for cname, child in children.items():
+            if child is None:
+                continue
+            if child._modules or not (plain or cname not in _ALWAYS_WRAPPER_CHILDREN):
+                visit(prefix if cname in _ALWAYS_WRAPPER_CHILDREN else prefix + cname + ".", child)
+                continue
+            child_path = prefix + cname
+            modules[child_path] = child
+            child_params = child._parameters
+            if child_params:
+                child_start = len(names)
+                child_prefix = child_path + "."
+                for pname, param in child_params.items():
+                    if param is not None:
+                        add_name(child_prefix + pname)
+                        add_param(param)
+                        add_owner(child)
+                if len(names) > child_start:
+                    spans[child_path] = (child_start, len(names))
+        if len(names) > start:
+            spans[path] = (start, len(names))
+
+    try:
+        visit("", model)
+    except RecursionError:
+        return None
+    if len(set(map(id, params))) != len(params) or len(set(map(id, modules.values()))) != len(modules):
+        return None
+    return names, params, owners, modules, spans, flat_shapes
+
+
+def _walk(model: nn.Module) -> Walk:
+    """The walk for models that share modules or parameters: each is listed once, where first seen,
+    as ``named_parameters()`` and ``named_modules()`` do."""
+    names: list[str] = []
+    params: list[torch.Tensor] = []
+    owners: list[nn.Module] = []
+    modules: dict[str, nn.Module] = {}
+    spans: dict[str, tuple[int, int]] = {}
+    flat_shapes: dict[int, torch.Size] = {}
+    seen_params: set[int] = set()
+    seen_modules: set[int] = set()
+    # An explicit stack: a module tree with a cycle is walked like any other (each module once).
+    stack: list[tuple[str, nn.Module | None]] = [("", model)]
+    open_spans: list[tuple[str, int]] = []
+    while stack:
+        prefix, module = stack.pop()
+        if module is None:  # the end of a module's subtree: close its span
+            path, start = open_spans.pop()
+            if len(names) > start:
+                spans[path] = (start, len(names))
+            continue
+        if id(module) in seen_modules:
+            continue
+        seen_modules.add(id(module))
+        inner = _wrapped_child(module)
+        if inner is not None:
+            if "_fsdp_wrapped_module" in module._modules:
+                _flat_view_shapes(module, flat_shapes)
+            stack.append((prefix, inner))
+            continue
+        path = prefix[:-1]
+        modules[path] = module
+        open_spans.append((path, len(names)))
+        for pname, param in module._parameters.items():
+            if param is None or id(param) in seen_params:
+                continue
+            seen_params.add(id(param))
+            names.append(prefix + pname)
+            params.append(param)
+            owners.append(module)
+        stack.append((prefix, None))
+        children = [(prefix if cname in _ALWAYS_WRAPPER_CHILDREN else prefix + cname + ".", child)
+                    for cname, child in module._modules.items() if child is not None]
+        stack.extend(reversed(children))
+    return names, params, owners, modules, spans, flat_shapes
+
+
 class ModelView:
     """What plugins see of a model: built once per plan, read by every hook.
 
@@ -88,75 +207,14 @@ class ModelView:
             can share one analysis of the model. Key it by your plugin's name.
     """
 
-    __slots__ = ("_index", "_spans", "cache", "model", "modules", "names", "owners", "params", "true_shapes")
+    __slots__ = ("_index", "_shapes", "_spans", "cache", "model", "modules", "names", "owners", "params",
+                 "true_shapes")
 
     def __init__(self, model: nn.Module) -> None:
-        names: list[str] = []
-        params: list[torch.Tensor] = []
-        owners: list[nn.Module] = []
-        modules: dict[str, nn.Module] = {}
-        seen_params: set[int] = set()
-        seen_modules: set[nn.Module] = set()
-        spans: dict[str, tuple[int, int]] = {}
-        flat_shapes: dict[int, torch.Size] = {}
-
-        add_name, add_param, add_owner = names.append, params.append, owners.append
-        mark_param, mark_module = seen_params.add, seen_modules.add
-
-        def visit(prefix: str, module: nn.Module) -> None:
-            # The hot loop of every plan, as lean as named_parameters() itself. Leaf children (no
-            # submodules: Linear, LayerNorm, Dropout, ...) are most modules; they are handled inline.
-            if module in seen_modules:
-                return
-            mark_module(module)
-            children = module._modules
-            if len(children) == 1:
-                inner = _wrapped_child(module)
-                if inner is not None:
-                    if "_fsdp_wrapped_module" in children:
-                        _flat_view_shapes(module, flat_shapes)
-                    visit(prefix, inner)
-                    return
-            path = prefix[:-1]
-            modules[path] = module
-            start = len(names)
-            for pname, param in module._parameters.items():
-                if param is None or id(param) in seen_params:
-                    continue
-                mark_param(id(param))
-                add_name(prefix + pname)
-                add_param(param)
-                add_owner(module)
-            for cname, child in children.items():
-                if child is None:
-                    continue
-                if cname in _ALWAYS_WRAPPER_CHILDREN:
-                    visit(prefix, child)
-                    continue
-                if child._modules:
-                    visit(prefix + cname + ".", child)
-                    continue
-                if child in seen_modules:
-                    continue
-                mark_module(child)
-                child_path = prefix + cname
-                modules[child_path] = child
-                child_params = child._parameters
-                if child_params:
-                    child_start = len(names)
-                    for pname, param in child_params.items():
-                        if param is None or id(param) in seen_params:
-                            continue
-                        mark_param(id(param))
-                        add_name(child_path + "." + pname)
-                        add_param(param)
-                        add_owner(child)
-                    if len(names) > child_start:
-                        spans[child_path] = (child_start, len(names))
-            if len(names) > start:
-                spans[path] = (start, len(names))
-
-        visit("", model)  # wrappers around the root are peeled by visit too (and their FSDP1 shapes read)
+        walk = _walk_unshared(model)
+        if walk is None:  # a module or parameter is shared (or the tree has a cycle): the careful walk
+            walk = _walk(model)
+        names, params, owners, modules, spans, flat_shapes = walk
         self.model = unwrap(model)
         self.names: tuple[str, ...] = tuple(names)
         self.params: tuple[torch.Tensor, ...] = tuple(params)
@@ -166,6 +224,7 @@ class ModelView:
         self._spans = spans
         self.true_shapes = flat_shapes
         self._index: dict[str, int] | None = None
+        self._shapes: tuple[torch.Size, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -199,6 +258,21 @@ class ModelView:
         """The real, full shape of a parameter: DTensor shards report their global shape, and FSDP1 flat views
         are looked up in :attr:`true_shapes`."""
         return self.true_shapes.get(id(param), param.shape) if self.true_shapes else param.shape
+
+    @property
+    def shapes(self) -> tuple[torch.Size, ...]:
+        """The real, full shape of every parameter (see :meth:`shape_of`), aligned with ``names``.
+
+        Read once per plan and shared by every plugin, so rejecting a model by its shapes costs each plugin
+        a pass over a tuple rather than a property read per tensor.
+        """
+        if self._shapes is None:
+            shapes = tuple(map(_SHAPE, self.params))
+            if self.true_shapes:
+                true = self.true_shapes
+                shapes = tuple(true.get(id(p), s) for p, s in zip(self.params, shapes, strict=True))
+            self._shapes = shapes
+        return self._shapes
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The real, full shape of the parameter called ``name`` (see :meth:`shape_of`)."""

@@ -107,15 +107,12 @@ def create_optimizer(
     return _construct(label, kwargs, create_optimizer_v2, groups, opt=name, lr=lr, weight_decay=weight_decay, **kwargs)
 
 
-# Below this many groups torch's own construction is cheap enough; above, its quadratic check dominates.
-FAST_CONSTRUCTION_MIN_GROUPS = 64
-
-
 def _append_planned_group(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> None:
     """Append one plan group as ``Optimizer.add_param_group`` would, minus its disjointness proof.
 
     ``add_param_group`` compares each new group with every earlier one, so building G groups costs
-    O(G x N): 45 s for 8,004 groups. A plan puts every parameter in exactly one group (tested), so that
+    O(G x N): 45 s for 8,004 groups, and even a 28-group plan pays more for it (hashing every tensor
+    through Python) than for planning. A plan puts every parameter in exactly one group (tested), so that
     proof is redundant here; everything else (names, leaf check, defaults, required options) is kept.
     """
     params = list(group["params"])
@@ -140,12 +137,13 @@ def _construct(label: str, kwargs: dict[str, Any], factory: Callable[..., torch.
                **all_kwargs: Any) -> torch.optim.Optimizer:
     """Call ``factory(groups, ...)``; a value it rejects (``betas=(2, 0)``) becomes a ConfigError.
 
-    With many groups, the optimizer is built over the first group and the others are appended without
-    torch's quadratic disjointness check (see :func:`_append_planned_group`), as long as the optimizer
-    keeps ``Optimizer.add_param_group`` (a class that overrides it is built the ordinary way).
+    With more than one group, the optimizer is built over the first group and the others are appended
+    without torch's disjointness check (see :func:`_append_planned_group`), as long as the optimizer keeps
+    ``Optimizer.add_param_group`` and its constructor did nothing per parameter (Adagrad fills its state
+    there): any other optimizer is built the ordinary way.
     """
     groups, *rest = args
-    fast = len(groups) >= FAST_CONSTRUCTION_MIN_GROUPS
+    fast = len(groups) > 1
     try:
         # The probe gets a copy of the first group: torch rewrites the dict it is given, and a class that
         # overrides add_param_group is then rebuilt from the untouched groups.
@@ -157,7 +155,7 @@ def _construct(label: str, kwargs: dict[str, Any], factory: Callable[..., torch.
         ) from exc
     if not fast:
         return optimizer
-    if type(optimizer).add_param_group is not torch.optim.Optimizer.add_param_group:
+    if type(optimizer).add_param_group is not torch.optim.Optimizer.add_param_group or optimizer.state:
         return factory(groups, *rest, **all_kwargs)
     for group in groups[1:]:
         _append_planned_group(optimizer, group)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import compress, repeat
 from numbers import Real
+from operator import add, attrgetter, itemgetter, mul
 from typing import Any
 
 from torch import nn
@@ -22,6 +24,9 @@ from layerdecay.recipes import select_recipe
 from layerdecay.validation import ParamFact, PlanFacts, check_plan
 
 __all__ = ["make_plan", "check_number"]
+
+_REQUIRES_GRAD = attrgetter("requires_grad")
+_NONE_TYPE = type(None)
 
 
 def check_number(name: str, value: Any, *, minimum: float | None = None, exclusive: bool = False,
@@ -242,100 +247,147 @@ def _plan_buckets(
     view: ModelView, layer_fn: Any, layer_by: str, num_layers: int, scales: list[float],
     weight_decay: float, policies: list[tuple[str, Policy]],
 ) -> list[Bucket]:
-    """The planning loop: each trainable parameter's position goes into the bucket of its (layer id, outcome).
+    """The planning pass: each trainable parameter's position goes into the bucket of its (layer id, outcome).
 
-    This is the hot path of every plan. Policies answer with shared Decision objects, so when one policy
-    decides everything the outcome of a parameter is identified by the answer's identity, and a parameter
-    costs its layer id, its policy call and one append; rows and groups are derived from the buckets later.
-    Otherwise the answers are combined field by field and the outcome interned by value. Answers from
-    plugin functions are checked here, and an exception from one is re-raised naming the plugin.
+    This is the hot path of every plan, so it works a column at a time rather than a parameter at a time:
+    the layer-id function and each policy are mapped over all trainable parameters (at C speed where a
+    plugin hands back a dict lookup, and in bulk for a policy with ``decide_all``, as the core's has), the
+    answers are checked and combined once per distinct value, and a parameter then costs one append. Rows
+    and groups are derived from the buckets later.
     """
-    # id(answer) -> (answer kept alive so ids stay unique, its Resolved, one bucket list per layer id)
-    outcomes: dict[int, tuple[object, Resolved, list[list[int] | None]]] = {}
-    interned: dict[tuple[Any, ...], Resolved] = {}
-    only_name, only = policies[0] if len(policies) == 1 else ("", None)
-    tensors, owners = view.params, view.owners
-    true_shapes = view.true_shapes
-    culprit, hook = layer_by, "layerdecay_layer_id"
+    names, params, owners = view.names, view.params, view.owners
+    grads = list(map(_REQUIRES_GRAD, params))
+    positions: Sequence[int]
+    if all(grads):
+        positions, t_names, t_params, t_owners = range(len(names)), names, params, owners
+    else:
+        positions = list(compress(range(len(names)), grads))
+        t_names, t_params, t_owners = ([column[i] for i in positions] for column in (names, params, owners))
+    lids = _layer_ids(layer_fn, layer_by, t_names, num_layers)
+    outcomes, codes = _outcomes(view, policies, t_names, t_params, t_owners)
 
-    def combine(name: str, param: Any, module: Any) -> Resolved:
-        nonlocal culprit
-        decay = reason = extra = wd_mult = exclude = None
-        decay_by = "nobody"
-        for plugin_name, policy in policies:
-            culprit = plugin_name
-            d = policy(name, param, module)
-            if d is None:
-                continue
-            if not isinstance(d, Decision):
-                raise _bad_decision(plugin_name, name, d)
-            if decay is None and d.weight_decay is not None:
-                decay, reason, decay_by = d.weight_decay, d.reason, plugin_name
-            if extra is None and d.lr_mult is not None:
-                extra = d.lr_mult
-            if wd_mult is None and d.wd_mult is not None:
-                wd_mult = d.wd_mult
-            if exclude is None and d.exclude is not None:
-                exclude = d.exclude
-        if decay is None:
-            ndim = len(true_shapes[id(param)]) if id(param) in true_shapes else param.ndim
-            decay, reason = ndim > 1, "no policy answered; by ndim"
-        key = (bool(decay), reason, extra, wd_mult, bool(exclude), decay_by)
-        resolved = interned.get(key)
-        if resolved is None:
-            resolved = interned[key] = Resolved(
-                bool(decay), reason or ("weight" if decay else "no decay"), extra, wd_mult, bool(exclude), decay_by
-            )
-        return resolved
+    members_of: dict[int, list[int]] = {}
+    for key, position in zip(map(add, map(mul, codes, repeat(num_layers)), lids), positions, strict=True):
+        members = members_of.get(key)
+        if members is None:
+            members_of[key] = [position]
+        else:
+            members.append(position)
+    buckets = []
+    for key in sorted(members_of):  # outcomes in order of first appearance, then layer ids
+        code, lid = divmod(key, num_layers)
+        r = outcomes[code]
+        mult = scales[lid] if r.lr_mult is None else scales[lid] * r.lr_mult
+        wd = (weight_decay if r.wd_mult is None else weight_decay * r.wd_mult) if r.decay else 0.0
+        buckets.append(Bucket(lid, r, mult, wd, members_of[key]))
+    return buckets
 
+
+def _plugin_raised(plugin: str, hook: str, exc: Exception) -> PluginError:
+    return PluginError(
+        f"plugin {plugin!r} raised {type(exc).__name__} in the function it returned from {hook}: {exc}",
+        plugin=plugin,
+    )
+
+
+def _layer_ids(layer_fn: Any, layer_by: str, names: Sequence[str], num_layers: int) -> list[int]:
+    """The layer id of each name, checked against the contract (an int in ``0 .. num_layers-1``)."""
     try:
-        for i, name in enumerate(view.names):
-            param = tensors[i]
-            if not param.requires_grad:
-                continue
-            culprit, hook = layer_by, "layerdecay_layer_id"
-            lid = layer_fn(name)
-            if type(lid) is not int or not 0 <= lid < num_layers:
-                raise _bad_layer_id(layer_by, name, lid, num_layers)
-            hook = "layerdecay_param_policy"
-            answer: object = None
-            if only is not None:
-                culprit = only_name
-                answer = only(name, param, owners[i])
-            entry = outcomes.get(id(answer))
-            if entry is None:
-                if isinstance(answer, Decision) and answer.weight_decay is not None:
-                    # The usual case (one policy, a complete answer): the answer object is the outcome.
-                    decay, reason, extra, wd_mult, exclude = answer
-                    resolved = Resolved(bool(decay), reason or ("weight" if decay else "no decay"), extra, wd_mult,
-                                        bool(exclude), only_name)
-                    entry = outcomes[id(answer)] = (answer, resolved, [None] * num_layers)
-                else:
-                    if answer is not None and not isinstance(answer, Decision):
-                        raise _bad_decision(only_name, name, answer)
-                    resolved = combine(name, param, owners[i])
-                    entry = outcomes.get(id(resolved))
-                    if entry is None:
-                        entry = outcomes[id(resolved)] = (resolved, resolved, [None] * num_layers)
-            slots = entry[2]
-            bucket = slots[lid]
-            if bucket is None:
-                bucket = slots[lid] = []
-            bucket.append(i)
+        lids = list(map(layer_fn, names))
     except LayerDecayError:
         raise
     except Exception as exc:
-        raise PluginError(
-            f"plugin {culprit!r} raised {type(exc).__name__} in the function it returned from {hook}: {exc}",
-            plugin=culprit,
-        ) from exc
+        raise _plugin_raised(layer_by, "layerdecay_layer_id", exc) from exc
+    if lids and (set(map(type, lids)) != {int} or min(lids) < 0 or max(lids) >= num_layers):
+        for name, lid in zip(names, lids, strict=True):
+            if type(lid) is not int or not 0 <= lid < num_layers:
+                raise _bad_layer_id(layer_by, name, lid, num_layers)
+    return lids
 
-    buckets = []
-    for _answer, r, slots in outcomes.values():
-        for lid, members in enumerate(slots):
-            if members is None:
-                continue
-            mult = scales[lid] if r.lr_mult is None else scales[lid] * r.lr_mult
-            wd = (weight_decay if r.wd_mult is None else weight_decay * r.wd_mult) if r.decay else 0.0
-            buckets.append(Bucket(lid, r, mult, wd, members))
-    return buckets
+
+def _answers(plugin: str, policy: Policy, names: Sequence[str], params: Sequence[Any], owners: Sequence[Any]
+             ) -> list[Any]:
+    """One policy's answer for every parameter, each checked to be a Decision or None."""
+    decide_all = getattr(policy, "decide_all", None)
+    try:
+        if decide_all is not None:
+            answers = list(decide_all(names, params, owners))
+        else:
+            answers = list(map(policy, names, params, owners))
+    except LayerDecayError:
+        raise
+    except Exception as exc:
+        raise _plugin_raised(plugin, "layerdecay_param_policy", exc) from exc
+    if len(answers) != len(names):
+        raise PluginError(
+            f"plugin {plugin!r} answered {len(answers)} decisions for {len(names)} parameters from the decide_all "
+            "of the policy it returned from layerdecay_param_policy; the contract is one per parameter.",
+            plugin=plugin,
+        )
+    for kind in set(map(type, answers)):
+        if kind is not _NONE_TYPE and not issubclass(kind, Decision):
+            at = list(map(type, answers)).index(kind)
+            raise _bad_decision(plugin, names[at], answers[at])
+    return answers
+
+
+def _outcomes(view: ModelView, policies: list[tuple[str, Policy]], names: Sequence[str], params: Sequence[Any],
+              owners: Sequence[Any]) -> tuple[list[Resolved], list[int]]:
+    """The distinct policy outcomes, and for each parameter the index of its outcome among them.
+
+    Policies answer with shared Decision objects, so the answers of all policies are combined once per
+    distinct tuple of answers, not once per parameter. Only where no policy decided weight decay does the
+    parameter's own rank decide, one parameter at a time.
+    """
+    plugins = [plugin for plugin, _ in policies]
+    columns = [_answers(plugin, policy, names, params, owners) for plugin, policy in policies]
+    ids = [list(map(id, column)) for column in columns]
+    keys: list[Any] = ids[0] if len(ids) == 1 else list(zip(*ids, strict=True))
+    # Each distinct key with the first position that has it (dict keeps the last write: walk backwards).
+    first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
+    outcomes: list[Resolved] = []
+    interned: dict[Resolved, int] = {}
+
+    def code(resolved: Resolved) -> int:
+        found = interned.get(resolved)
+        if found is None:
+            found = interned[resolved] = len(outcomes)
+            outcomes.append(resolved)
+        return found
+
+    code_of: dict[Any, int] = {}
+    for key, at in sorted(first.items(), key=itemgetter(1)):
+        resolved = _combine([column[at] for column in columns], plugins)
+        code_of[key] = -1 if resolved is None else code(resolved)
+    codes = list(map(code_of.__getitem__, keys))
+    if -1 in code_of.values():
+        true_shapes = view.true_shapes
+        for i in [i for i, c in enumerate(codes) if c == -1]:
+            param = params[i]
+            by_ndim = (len(true_shapes[id(param)]) if id(param) in true_shapes else param.ndim) > 1
+            codes[i] = code(_combine([column[i] for column in columns], plugins, by_ndim))  # type: ignore[arg-type]
+    return outcomes, codes
+
+
+def _combine(answers: Sequence[Decision | None], plugins: Sequence[str], by_ndim: bool | None = None
+             ) -> Resolved | None:
+    """Answers (highest precedence first) combined field by field; None when none decided weight decay
+    and ``by_ndim`` (the parameter's own rank says decay) is not given."""
+    decay = reason = extra = wd_mult = exclude = None
+    decay_by = "nobody"
+    for plugin, d in zip(plugins, answers, strict=True):
+        if d is None:
+            continue
+        if decay is None and d.weight_decay is not None:
+            decay, reason, decay_by = d.weight_decay, d.reason, plugin
+        if extra is None and d.lr_mult is not None:
+            extra = d.lr_mult
+        if wd_mult is None and d.wd_mult is not None:
+            wd_mult = d.wd_mult
+        if exclude is None and d.exclude is not None:
+            exclude = d.exclude
+    if decay is None:
+        if by_ndim is None:
+            return None
+        decay, reason = by_ndim, "no policy answered; by ndim"
+    return Resolved(bool(decay), reason or ("weight" if decay else "no decay"), extra, wd_mult, bool(exclude), decay_by)

@@ -10,7 +10,9 @@ meaning: the owning module's type first, then the parameter's name, then the mod
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from itertools import compress, repeat
+from operator import attrgetter, itemgetter, not_
 from typing import NamedTuple
 
 import torch
@@ -18,7 +20,10 @@ from torch import nn
 
 from layerdecay.model_view import ModelView
 
-__all__ = ["Decision", "Policy", "meaning_policy", "is_norm_module"]
+__all__ = ["Decision", "MeaningPolicy", "Policy", "meaning_policy", "is_norm_module"]
+
+_LAST = itemgetter(2)
+_NDIM = attrgetter("ndim")
 
 
 class Decision(NamedTuple):
@@ -129,39 +134,79 @@ def _model_no_weight_decay(view: ModelView) -> tuple[frozenset[str], tuple[str, 
     return frozenset(names), tuple(keywords)
 
 
-def meaning_policy(view: ModelView) -> Policy:
-    """The core's default policy for ``view``: weight decay by meaning (see the module docstring)."""
-    by_type: dict[type, Decision | None] = {}
-    by_local: dict[str, Decision | None] = {}
-    listed, keywords = _model_no_weight_decay(view)
-    true_shapes = view.true_shapes
+class MeaningPolicy:
+    """The core's default policy for one model: weight decay by meaning (see the module docstring).
 
-    def policy(name: str, param: torch.Tensor, module: nn.Module) -> Decision:
-        cls = type(module)
-        try:
-            norm = by_type[cls]
-        except KeyError:
-            norm = by_type[cls] = (
-                Decision(weight_decay=False, reason=f"{NORM_WEIGHT} ({cls.__name__})")
-                if is_norm_module(cls)
-                else None
+    Called as ``policy(name, param, module)`` like any policy; the planner calls :meth:`decide_all`, which
+    gives the same answers for a whole column of parameters at once. Most parameters are decided by their
+    owner's type or their own local name, so those are worked out once per distinct (module type, local
+    name) and looked up; only the rest (the weights of plain layers, mostly) are read by full name and rank.
+    """
+
+    __slots__ = ("_by_kind", "_keywords", "_listed", "_norms", "_true_shapes")
+
+    def __init__(self, view: ModelView) -> None:
+        self._listed, self._keywords = _model_no_weight_decay(view)
+        self._true_shapes = view.true_shapes
+        self._by_kind: dict[tuple[type, str], Decision | None] = {}
+        self._norms: dict[type, Decision | None] = {}
+
+    def __call__(self, name: str, param: torch.Tensor, module: nn.Module) -> Decision:
+        return self.decide_all((name,), (param,), (module,))[0]
+
+    def decide_all(self, names: Sequence[str], params: Sequence[torch.Tensor], modules: Sequence[nn.Module]
+                   ) -> list[Decision]:
+        """The decision for each parameter (aligned sequences of names, tensors and owning modules)."""
+        keys = list(zip(map(type, modules), map(_LAST, map(str.rpartition, names, repeat("."))), strict=True))
+        by_kind = self._by_kind
+        for key in set(keys).difference(by_kind):
+            module_type, local = key
+            by_kind[key] = self._norm_decision(module_type) or _decision_by_local_name(local)
+        answers: list[Decision | None] = list(map(by_kind.__getitem__, keys))
+        pending = list(compress(range(len(answers)), map(not_, answers)))
+        if pending:
+            decided = self._by_name_and_rank([names[i] for i in pending], [params[i] for i in pending])
+            for i, decision in zip(pending, decided, strict=True):
+                answers[i] = decision
+        return answers  # type: ignore[return-value]
+
+    def _norm_decision(self, module_type: type) -> Decision | None:
+        """The decision for every parameter of a normalization module (one shared object per type)."""
+        if module_type not in self._norms:
+            self._norms[module_type] = (
+                Decision(weight_decay=False, reason=f"{NORM_WEIGHT} ({module_type.__name__})")
+                if is_norm_module(module_type) else None
             )
-        if norm is not None:
-            return norm
-        local = name[name.rfind(".") + 1 :]
-        try:
-            by_name = by_local[local]
-        except KeyError:
-            by_name = by_local[local] = _decision_by_local_name(local)
-        if by_name is not None:
-            return by_name
-        if name in listed or (keywords and any(k in name for k in keywords)):
-            return MODEL_LIST
-        for marker in _RELATIVE_POSITION_MARKERS:
-            if marker in name:
-                return RELATIVE_POSITION
-        if (len(true_shapes[id(param)]) if true_shapes and id(param) in true_shapes else param.ndim) <= 1:
-            return ONE_D
-        return WEIGHT
+        return self._norms[module_type]
 
-    return policy
+    def _by_name_and_rank(self, names: list[str], params: list[torch.Tensor]) -> list[Decision]:
+        """Decisions for parameters that neither their module type nor their local name settles.
+
+        In order of precedence: the model's own lists, relative-position markers in the name, rank <= 1.
+        """
+        true_shapes = self._true_shapes
+        if true_shapes:
+            ranks: Iterable[int] = [len(true_shapes[id(p)]) if id(p) in true_shapes else p.ndim for p in params]
+        else:
+            ranks = map(_NDIM, params)
+        out = [WEIGHT if rank > 1 else ONE_D for rank in ranks]
+        text = "\n".join(names)
+        markers = [m for m in _RELATIVE_POSITION_MARKERS if m in text]
+        if markers:
+            for k, name in enumerate(names):
+                if any(m in name for m in markers):
+                    out[k] = RELATIVE_POSITION
+        listed, keywords = self._listed, self._keywords
+        if keywords:
+            for k, name in enumerate(names):
+                if name in listed or any(kw in name for kw in keywords):
+                    out[k] = MODEL_LIST
+        elif listed:
+            for k in compress(range(len(names)), map(listed.__contains__, names)):
+                out[k] = MODEL_LIST
+        return out
+
+
+def meaning_policy(view: ModelView) -> MeaningPolicy:
+    """The core's default policy for ``view``: weight decay by meaning (see the module docstring)."""
+    return MeaningPolicy(view)
