@@ -28,14 +28,18 @@ import layerdecay
 Row = dict[str, Any]
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median time of each function, run in turns (one warm-up each), so that a slow stretch of the machine
+    (another process, a frequency change) hits every contender alike rather than the one timed then."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def meta_model(arch: str, **kwargs: Any) -> torch.nn.Module:
@@ -57,12 +61,22 @@ def timm_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
     return param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.75, no_weight_decay_list=nwd)
 
 
+def model_lists(model: torch.nn.Module) -> None:
+    """The model's own ``no_weight_decay()``, which both timm's grouping and ours call (timm's Swin builds it
+    by listing every parameter, as expensive as the floor itself)."""
+    if hasattr(model, "no_weight_decay"):
+        model.no_weight_decay()
+
+
 def plan_case(label: str, model: torch.nn.Module, repeats: int) -> Row:
     """Plan time: param_groups against listing the parameters and against timm."""
-    floor = median_time(lambda: listing(model), repeats)
-    ours = median_time(lambda: layerdecay.param_groups(model, lr=1e-3, layer_decay=0.75), repeats)
-    explain = median_time(lambda: layerdecay.explain(model, layer_decay=0.75), repeats)
-    theirs = median_time(lambda: timm_groups(model), repeats)
+    floor, ours, explain, theirs, lists = median_times([
+        lambda: listing(model),
+        lambda: layerdecay.param_groups(model, lr=1e-3, layer_decay=0.75),
+        lambda: layerdecay.explain(model, layer_decay=0.75),
+        lambda: timm_groups(model),
+        lambda: model_lists(model),
+    ], repeats)
     plan = layerdecay.explain(model, layer_decay=0.75)
     return {
         "case": label,
@@ -72,6 +86,7 @@ def plan_case(label: str, model: torch.nn.Module, repeats: int) -> Row:
         "ours_ms": ours * 1e3,
         "explain_ms": explain * 1e3,
         "timm_ms": theirs * 1e3,
+        "nwd_ms": lists * 1e3,
         "ours_vs_floor": ours / floor,
         "explain_vs_floor": explain / floor,
         "timm_vs_floor": theirs / floor,
@@ -85,21 +100,25 @@ def build_case(label: str, model: torch.nn.Module, repeats: int) -> Row:
     """End to end: build_optimizer against timm's create_optimizer_v2(..., layer_decay=...)."""
     from timm.optim import create_optimizer_v2
 
-    ours = median_time(lambda: layerdecay.build_optimizer(model, "adamw", lr=1e-3, layer_decay=0.75), repeats)
-    theirs = median_time(
-        lambda: create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75), repeats
-    )
+    ours, theirs = median_times([
+        lambda: layerdecay.build_optimizer(model, "adamw", lr=1e-3, layer_decay=0.75),
+        lambda: create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75),
+    ], repeats)
     return {"case": label, "ours_ms": ours * 1e3, "timm_ms": theirs * 1e3, "ours_vs_timm": ours / theirs,
             "groups": len(layerdecay.explain(model).groups)}
 
 
 def scaling(depths: tuple[int, int], repeats: int) -> Row:
     small, large = (meta_model("vit_base_patch16_224", depth=d) for d in depths)
-    t_small = median_time(lambda: layerdecay.param_groups(small, lr=1e-3), repeats)
-    t_large = median_time(lambda: layerdecay.param_groups(large, lr=1e-3), repeats)
+    t_small, t_large, f_small, f_large = median_times([
+        lambda: layerdecay.param_groups(small, lr=1e-3),
+        lambda: layerdecay.param_groups(large, lr=1e-3),
+        lambda: listing(small),
+        lambda: listing(large),
+    ], repeats)
     tensors = (sum(1 for _ in small.parameters()), sum(1 for _ in large.parameters()))
     return {"depths": list(depths), "tensors": list(tensors), "small_ms": t_small * 1e3, "large_ms": t_large * 1e3,
-            "time_ratio": t_large / t_small, "size_ratio": tensors[1] / tensors[0]}
+            "time_ratio": t_large / t_small, "size_ratio": tensors[1] / tensors[0], "floor_ratio": f_large / f_small}
 
 
 def _subprocess_median(code: str, repeats: int) -> float:
@@ -141,8 +160,7 @@ def step_case(depth: int, repeats: int) -> list[Row]:
         flags = {impl: True}
         single = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, **flags)
         grouped = layerdecay.build_optimizer(model, "adamw", lr=1e-3, layer_decay=0.75, **flags)
-        t_single = median_time(single.step, repeats)
-        t_grouped = median_time(grouped.step, repeats)
+        t_single, t_grouped = median_times([single.step, grouped.step], repeats)
         rows.append({"impl": impl, "depth": depth, "single_ms": t_single * 1e3, "grouped_ms": t_grouped * 1e3,
                      "ratio": t_grouped / t_single, "groups": len(grouped.param_groups),
                      "timm_groups": len(timm_groups(model))})
@@ -217,12 +235,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print(f"machine: {results['machine']}; median of {repeats} after a warm-up\n")
     print("plan time (param_groups; floor = listing named_parameters and reading shapes)")
-    print(table(results["plan"], ["case", "tensors", "owner", "floor_ms", "ours_ms", "timm_ms", "ours_vs_floor",
-                                  "explain_vs_floor", "timm_vs_floor", "timm_vs_ours", "our_groups", "timm_groups"]))
+    print(table(results["plan"], ["case", "tensors", "owner", "floor_ms", "ours_ms", "timm_ms", "nwd_ms",
+                                  "ours_vs_floor", "explain_vs_floor", "timm_vs_floor", "timm_vs_ours", "our_groups",
+                                  "timm_groups"]))
     print("\nbuild_optimizer end to end against timm's create_optimizer_v2(..., layer_decay=0.75)")
     print(table(results["build"], ["case", "groups", "ours_ms", "timm_ms", "ours_vs_timm"]))
     print("\nscaling")
-    print(table([results["scaling"]], ["depths", "tensors", "small_ms", "large_ms", "time_ratio", "size_ratio"]))
+    print(table([results["scaling"]], ["depths", "tensors", "small_ms", "large_ms", "time_ratio", "size_ratio",
+                                       "floor_ratio"]))
     print("\nimports (fresh interpreters)")
     print(table([results["imports"]], list(results["imports"])))
     print("\noptimizer step, ViT-B/16 on CPU: the plan's groups against one group")

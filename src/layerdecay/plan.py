@@ -84,16 +84,25 @@ class Resolved(NamedTuple):
 
 
 class Bucket(NamedTuple):
-    """Parameters that share a layer id and a policy outcome, hence every hyperparameter.
+    """Parameters that share a layer id and every hyperparameter (the policy's reasons may differ).
 
-    The planning loop only appends each parameter's position (in the model view) to its bucket; rows,
+    The planning pass only appends each parameter's position (in the model view) to its bucket; rows,
     groups and param groups are all derived from the buckets, when they are asked for.
+
+    Attributes:
+        layer_id: The layer id of every member.
+        lr_mult: The layer's scale times the ``lr_mult`` pattern factor.
+        weight_decay: The weight decay of every member (0.0: excluded from decay).
+        extra: The ``lr_mult`` pattern factor, None when no pattern applied.
+        excluded: The members are left out of the optimizer.
+        members: Positions in the model view, in model order.
     """
 
     layer_id: int
-    resolved: Resolved
     lr_mult: float
     weight_decay: float
+    extra: float | None
+    excluded: bool
     members: list[int]
 
 
@@ -125,6 +134,9 @@ class Plan:
     warnings: tuple[str, ...]
     layer_by: str = field(repr=False)
     buckets: tuple[Bucket, ...] = field(repr=False)
+    # Each trainable parameter's policy outcome: view position -> index into ``outcomes``.
+    outcomes: tuple[Resolved, ...] = field(repr=False)
+    outcome_at: Sequence[int] = field(repr=False)
     # The model view's names and tensors (every parameter, frozen ones included); buckets index into them.
     view_names: tuple[str, ...] = field(repr=False)
     view_params: tuple[torch.Tensor, ...] = field(repr=False)
@@ -133,25 +145,34 @@ class Plan:
     @cached_property
     def _order(self) -> list[int]:
         """View positions of the trainable parameters, in model order."""
-        return sorted(i for b in self.buckets for i in b.members)
+        return sorted(chain.from_iterable(b.members for b in self.buckets))
 
     @cached_property
-    def _merged(self) -> list[tuple[tuple[int, ...], float, float, float | None, list[int]]]:
-        """Groups as (layer ids, lr_mult, weight_decay, lr_mult pattern factor, view positions), sorted."""
+    def _merged(self) -> list[tuple[tuple[int, ...], float, float, float | None, list[int], str]]:
+        """Groups as (layer ids, lr_mult, weight_decay, lr_mult pattern factor, view positions, name), sorted.
+
+        Buckets with equal hyperparameters in different layers (equal scales, e.g. ``layer_decay=1``) merge.
+        """
         merged: dict[tuple[float, float], list[Bucket]] = {}
         for b in self.buckets:
-            if not b.resolved.exclude:
-                merged.setdefault((b.lr_mult, b.weight_decay), []).append(b)
+            if not b.excluded:
+                parts = merged.get((b.lr_mult, b.weight_decay))
+                if parts is None:
+                    merged[(b.lr_mult, b.weight_decay)] = [b]
+                else:
+                    parts.append(b)
         out = []
         for (mult, wd), parts in merged.items():
             if len(parts) == 1:  # a bucket's members are already in model order
                 only = parts[0]
-                out.append(((only.layer_id,), mult, wd, only.resolved.lr_mult, only.members))
-                continue
-            members = sorted(chain.from_iterable(b.members for b in parts))
-            ids = tuple(sorted({b.layer_id for b in parts}))
-            extras = {b.resolved.lr_mult for b in parts}
-            out.append((ids, mult, wd, next(iter(extras)) if len(extras) == 1 else None, members))
+                ids: tuple[int, ...] = (only.layer_id,)
+                extra, members = only.extra, only.members
+            else:
+                members = sorted(chain.from_iterable(b.members for b in parts))
+                ids = tuple(sorted({b.layer_id for b in parts}))
+                extras = {b.extra for b in parts}
+                extra = next(iter(extras)) if len(extras) == 1 else None
+            out.append((ids, mult, wd, extra, members, format_group_name(ids, wd > 0.0, extra)))
         out.sort(key=lambda g: (g[0][0], g[2] == 0.0, g[1]))
         return out
 
@@ -159,8 +180,8 @@ class Plan:
     def groups(self) -> tuple[GroupSpec, ...]:
         position = {v: k for k, v in enumerate(self._order)}
         return tuple(
-            GroupSpec(format_group_name(ids, wd > 0.0, extra), ids, mult, wd, tuple(position[i] for i in members))
-            for ids, mult, wd, extra, members in self._merged
+            GroupSpec(name, ids, mult, wd, tuple(map(position.__getitem__, members)))
+            for ids, mult, wd, _extra, members, name in self._merged
         )
 
     @cached_property
@@ -173,18 +194,17 @@ class Plan:
     def rows(self) -> tuple[PlanRow, ...]:
         bucket_of: dict[int, Bucket] = {}
         for b in self.buckets:
-            for i in b.members:
-                bucket_of[i] = b
+            bucket_of.update(dict.fromkeys(b.members, b))
         group_of: dict[int, str] = {}
-        for ids, _mult, wd, extra, members in self._merged:
-            name = format_group_name(ids, wd > 0.0, extra)
-            for i in members:
-                group_of[i] = name
+        for *_, members, name in self._merged:
+            group_of.update(dict.fromkeys(members, name))
+        outcomes, outcome_at = self.outcomes, self.outcome_at
         rows = []
         for i in self._order:
             b = bucket_of[i]
-            shape = self.true_shapes.get(id(self.view_params[i]), self.view_params[i].shape)
-            r = b.resolved
+            param = self.view_params[i]
+            shape = self.true_shapes.get(id(param), param.shape)
+            r = outcomes[outcome_at[i]]
             rows.append(PlanRow(self.view_names[i], tuple(shape), shape.numel(), b.layer_id, b.lr_mult,
                                 b.weight_decay, r.reason, group_of.get(i, ""), self.layer_by, r.decided_by,
                                 r.exclude))
@@ -221,25 +241,28 @@ class Plan:
         a weight-decay schedule can rescale it later (:func:`layerdecay.training.set_lr`).
         """
         groups = []
-        names, params = self.view_names, self.view_params
-        for ids, mult, wd, extra, rows in self._merged:
-            if named:
-                members: list[Any] = [(names[i], params[i]) for i in rows]
-            else:
-                members = [params[i] for i in rows]
+        pick = self._named.__getitem__ if named else self.view_params.__getitem__
+        by_lr = scale_mode == "lr"
+        base_wd = self.weight_decay
+        for ids, mult, wd, _extra, members, name in self._merged:
             group: dict[str, Any] = {
-                "params": members,
-                "lr": lr * mult if scale_mode == "lr" else lr,
+                "params": list(map(pick, members)),
+                "lr": lr * mult if by_lr else lr,
                 "weight_decay": wd,
                 "layer_id": ids[0],
                 "lr_mult": mult,
-                "wd_mult": wd / self.weight_decay if self.weight_decay else 0.0,
-                "group_name": format_group_name(ids, wd > 0.0, extra),
+                "wd_mult": wd / base_wd if base_wd else 0.0,
+                "group_name": name,
             }
-            if scale_mode == "lr_scale":
+            if not by_lr:
                 group["lr_scale"] = mult
             groups.append(group)
         return groups
+
+    @cached_property
+    def _named(self) -> tuple[tuple[str, torch.Tensor], ...]:
+        """(name, tensor) of every parameter of the view, by position: what ``named`` param groups hold."""
+        return tuple(zip(self.view_names, self.view_params, strict=True))
 
     def layers(self) -> list[LayerSummary]:
         """Totals per layer id, empty layers included (they show gaps in a recipe)."""

@@ -7,8 +7,8 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import compress, repeat
 from numbers import Real
-from operator import add, attrgetter, itemgetter, mul
-from typing import Any
+from operator import add, attrgetter, mul
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -178,7 +178,7 @@ def make_plan(
     if user is not None:
         policies.insert(0, ("options", user))
 
-    buckets = _plan_buckets(view, layer_fn, layer_by, num_layers, scales, weight_decay, policies)
+    buckets, outcomes, outcome_at = _plan_buckets(view, layer_fn, layer_by, num_layers, scales, weight_decay, policies)
 
     top = num_layers - 1
     names, tensors = view.names, view.params
@@ -204,6 +204,8 @@ def make_plan(
         warnings=tuple(notes),
         layer_by=layer_by,
         buckets=tuple(buckets),
+        outcomes=tuple(outcomes),
+        outcome_at=outcome_at,
         view_names=names,
         view_params=tensors,
         true_shapes=view.true_shapes,
@@ -243,17 +245,23 @@ def _bad_decision(plugin_name: str, name: str, d: object) -> PluginError:
     )
 
 
+class _Planned(NamedTuple):
+    buckets: list[Bucket]
+    outcomes: list[Resolved]
+    outcome_at: Sequence[int]  # view position -> index into outcomes (-1 for frozen parameters)
+
+
 def _plan_buckets(
     view: ModelView, layer_fn: Any, layer_by: str, num_layers: int, scales: list[float],
     weight_decay: float, policies: list[tuple[str, Policy]],
-) -> list[Bucket]:
-    """The planning pass: each trainable parameter's position goes into the bucket of its (layer id, outcome).
+) -> _Planned:
+    """The planning pass: each trainable parameter's position goes into the bucket of its layer id and
+    hyperparameters, and its policy outcome (with the reason) is recorded for the rows.
 
     This is the hot path of every plan, so it works a column at a time rather than a parameter at a time:
     the layer-id function and each policy are mapped over all trainable parameters (at C speed where a
     plugin hands back a dict lookup, and in bulk for a policy with ``decide_all``, as the core's has), the
-    answers are checked and combined once per distinct value, and a parameter then costs one append. Rows
-    and groups are derived from the buckets later.
+    answers are checked and combined once per distinct value, and a parameter then costs one append.
     """
     names, params, owners = view.names, view.params, view.owners
     grads = list(map(_REQUIRES_GRAD, params))
@@ -266,21 +274,32 @@ def _plan_buckets(
     lids = _layer_ids(layer_fn, layer_by, t_names, num_layers)
     outcomes, codes = _outcomes(view, policies, t_names, t_params, t_owners)
 
+    # Outcomes that differ only in their reason share a bucket: (decay, lr_mult factor, wd_mult, exclude).
+    kinds: dict[tuple[Any, ...], int] = {}
+    kind_of = [kinds.setdefault((r.decay, r.lr_mult, r.wd_mult, r.exclude), len(kinds)) for r in outcomes]
+    kind_keys = list(kinds)
     members_of: dict[int, list[int]] = {}
-    for key, position in zip(map(add, map(mul, codes, repeat(num_layers)), lids), positions, strict=True):
+    keys = map(add, map(mul, map(kind_of.__getitem__, codes), repeat(num_layers)), lids)
+    for key, position in zip(keys, positions, strict=True):
         members = members_of.get(key)
         if members is None:
             members_of[key] = [position]
         else:
             members.append(position)
     buckets = []
-    for key in sorted(members_of):  # outcomes in order of first appearance, then layer ids
-        code, lid = divmod(key, num_layers)
-        r = outcomes[code]
-        mult = scales[lid] if r.lr_mult is None else scales[lid] * r.lr_mult
-        wd = (weight_decay if r.wd_mult is None else weight_decay * r.wd_mult) if r.decay else 0.0
-        buckets.append(Bucket(lid, r, mult, wd, members_of[key]))
-    return buckets
+    for key in sorted(members_of):  # kinds in order of first appearance, then layer ids
+        kind, lid = divmod(key, num_layers)
+        decay, extra, wd_mult, exclude = kind_keys[kind]
+        mult = scales[lid] if extra is None else scales[lid] * extra
+        wd = (weight_decay if wd_mult is None else weight_decay * wd_mult) if decay else 0.0
+        buckets.append(Bucket(lid, mult, wd, extra, exclude, members_of[key]))
+    if isinstance(positions, range):
+        outcome_at: Sequence[int] = codes
+    else:
+        outcome_at = [-1] * len(names)
+        for position, code in zip(positions, codes, strict=True):
+            outcome_at[position] = code
+    return _Planned(buckets, outcomes, outcome_at)
 
 
 def _plugin_raised(plugin: str, hook: str, exc: Exception) -> PluginError:
@@ -343,8 +362,8 @@ def _outcomes(view: ModelView, policies: list[tuple[str, Policy]], names: Sequen
     columns = [_answers(plugin, policy, names, params, owners) for plugin, policy in policies]
     ids = [list(map(id, column)) for column in columns]
     keys: list[Any] = ids[0] if len(ids) == 1 else list(zip(*ids, strict=True))
-    # Each distinct key with the first position that has it (dict keeps the last write: walk backwards).
-    first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
+    # Each distinct key, in order of first appearance, with its answers (the same objects wherever it occurs).
+    answers_of = dict(zip(keys, zip(*columns, strict=True), strict=True))
     outcomes: list[Resolved] = []
     interned: dict[Resolved, int] = {}
 
@@ -356,8 +375,8 @@ def _outcomes(view: ModelView, policies: list[tuple[str, Policy]], names: Sequen
         return found
 
     code_of: dict[Any, int] = {}
-    for key, at in sorted(first.items(), key=itemgetter(1)):
-        resolved = _combine([column[at] for column in columns], plugins)
+    for key, answers in answers_of.items():
+        resolved = _combine(answers, plugins)
         code_of[key] = -1 if resolved is None else code(resolved)
     codes = list(map(code_of.__getitem__, keys))
     if -1 in code_of.values():

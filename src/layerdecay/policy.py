@@ -10,6 +10,7 @@ meaning: the owning module's type first, then the parameter's name, then the mod
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from itertools import compress, repeat
 from operator import attrgetter, itemgetter, not_
@@ -139,17 +140,15 @@ class MeaningPolicy:
 
     Called as ``policy(name, param, module)`` like any policy; the planner calls :meth:`decide_all`, which
     gives the same answers for a whole column of parameters at once. Most parameters are decided by their
-    owner's type or their own local name, so those are worked out once per distinct (module type, local
-    name) and looked up; only the rest (the weights of plain layers, mostly) are read by full name and rank.
+    owner's type or their own local name, so those are looked up by (module type, local name); only the
+    rest (the weights of plain layers, mostly) are read by full name and rank.
     """
 
-    __slots__ = ("_by_kind", "_keywords", "_listed", "_norms", "_true_shapes")
+    __slots__ = ("_keywords", "_listed", "_true_shapes")
 
     def __init__(self, view: ModelView) -> None:
         self._listed, self._keywords = _model_no_weight_decay(view)
         self._true_shapes = view.true_shapes
-        self._by_kind: dict[tuple[type, str], Decision | None] = {}
-        self._norms: dict[type, Decision | None] = {}
 
     def __call__(self, name: str, param: torch.Tensor, module: nn.Module) -> Decision:
         return self.decide_all((name,), (param,), (module,))[0]
@@ -158,10 +157,7 @@ class MeaningPolicy:
                    ) -> list[Decision]:
         """The decision for each parameter (aligned sequences of names, tensors and owning modules)."""
         keys = list(zip(map(type, modules), map(_LAST, map(str.rpartition, names, repeat("."))), strict=True))
-        by_kind = self._by_kind
-        for key in set(keys).difference(by_kind):
-            module_type, local = key
-            by_kind[key] = self._norm_decision(module_type) or _decision_by_local_name(local)
+        by_kind = {key: _decision_by_kind(*key) for key in set(keys)}
         answers: list[Decision | None] = list(map(by_kind.__getitem__, keys))
         pending = list(compress(range(len(answers)), map(not_, answers)))
         if pending:
@@ -169,15 +165,6 @@ class MeaningPolicy:
             for i, decision in zip(pending, decided, strict=True):
                 answers[i] = decision
         return answers  # type: ignore[return-value]
-
-    def _norm_decision(self, module_type: type) -> Decision | None:
-        """The decision for every parameter of a normalization module (one shared object per type)."""
-        if module_type not in self._norms:
-            self._norms[module_type] = (
-                Decision(weight_decay=False, reason=f"{NORM_WEIGHT} ({module_type.__name__})")
-                if is_norm_module(module_type) else None
-            )
-        return self._norms[module_type]
 
     def _by_name_and_rank(self, names: list[str], params: list[torch.Tensor]) -> list[Decision]:
         """Decisions for parameters that neither their module type nor their local name settles.
@@ -205,6 +192,23 @@ class MeaningPolicy:
             for k in compress(range(len(names)), map(listed.__contains__, names)):
                 out[k] = MODEL_LIST
         return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _decision_by_kind(module_type: type, local: str) -> Decision | None:
+    """What a parameter's owner type, or else its local name, settles on its own (None: look closer).
+
+    A pure function of a class and a name, so it is worked out once per process and shared by every plan:
+    one shared Decision per normalization class.
+    """
+    if is_norm_module(module_type):
+        return _norm_decision(module_type)
+    return _decision_by_local_name(local)
+
+
+@functools.lru_cache(maxsize=1024)
+def _norm_decision(module_type: type) -> Decision:
+    return Decision(weight_decay=False, reason=f"{NORM_WEIGHT} ({module_type.__name__})")
 
 
 def meaning_policy(view: ModelView) -> MeaningPolicy:
