@@ -171,3 +171,58 @@ def test_exclusion_leaves_parameter_out_of_the_optimizer(tiny, tiny_host):
     assert plan.row("norm.weight").excluded and plan.row("norm.weight").group == ""
     groups = plan.param_groups(0.1, named=True)
     assert "norm.weight" not in {n for g in groups for n, _ in g["params"]}
+
+
+class ColumnRule:
+    """A policy answering a whole column at once; calling it per parameter must never be needed."""
+
+    __name__ = "column-rule"
+
+    def __init__(self, answers_per_call: int | None = None) -> None:
+        self.columns: list[int] = []
+        self.answers_per_call = answers_per_call
+
+    @layerdecay.hookimpl
+    def layerdecay_param_policy(self):
+        rule = self
+        no_wd = layerdecay.Decision(weight_decay=False, reason="column rule")
+
+        class Policy:
+            def __call__(self, name, param, module):
+                raise AssertionError("the planner calls decide_all when a policy has it")
+
+            def decide_all(self, names, params, modules):
+                rule.columns.append(len(names))
+                answers = [no_wd if n.startswith("head.") else None for n in names]
+                return answers[: rule.answers_per_call] if rule.answers_per_call is not None else answers
+
+        return Policy()
+
+
+def test_a_policy_with_decide_all_is_asked_once_for_every_trainable_parameter(tiny, tiny_host):
+    tiny.embed.weight.requires_grad_(False)
+    rule = ColumnRule()
+    plan = layerdecay.explain(tiny, plugins=[rule], host=tiny_host)
+    assert rule.columns == [len(plan.rows)]
+    assert len(plan.rows) == sum(p.requires_grad for p in tiny.parameters())
+    assert plan.row("head.weight").weight_decay == 0.0 and plan.row("head.weight").decay_by == "column-rule"
+    assert plan.row("blocks.0.fc.weight").weight_decay == 0.05 and plan.row("blocks.0.fc.weight").decay_by == "core"
+
+
+def test_decide_all_with_too_few_answers_names_the_plugin(tiny, tiny_host):
+    with pytest.raises(layerdecay.PluginError, match="'column-rule' answered 1 decisions for") as info:
+        layerdecay.explain(tiny, plugins=[ColumnRule(answers_per_call=1)], host=tiny_host)
+    assert info.value.plugin == "column-rule"
+
+
+def test_meaning_policy_answers_a_column_as_it_answers_each_parameter():
+    from layerdecay.policy import meaning_policy
+
+    model = Everything()
+    view = layerdecay.ModelView(model)
+    policy = meaning_policy(view)
+    column = policy.decide_all(view.names, view.params, view.owners)
+    assert column == [policy(n, p, o) for n, p, o in zip(view.names, view.params, view.owners, strict=True)]
+    assert [(d.weight_decay, d.reason) for n, d in zip(view.names, column, strict=True) if n in EXPECTED] == [
+        EXPECTED[n] for n in view.names if n in EXPECTED
+    ]

@@ -99,7 +99,10 @@ def layerdecay_param_policy(model: ModelView, recipe: str | None) -> Policy | No
         A function ``policy(name, param, module) -> Decision | None`` called for every trainable
         parameter with its normalized name, the tensor and the module that owns it; None (for the
         function or for one parameter) means no opinion. Return shared :class:`~layerdecay.Decision`
-        constants rather than building one per call: this runs in the planning loop.
+        constants rather than building one per call: this runs in the planning loop. The function may
+        also have a ``decide_all(names, params, modules)`` method answering for aligned sequences of
+        parameters at once (one answer each, the same as calling the function on each); the core then
+        calls that instead, once per plan, as it does for its own policy.
 
     Example::
 

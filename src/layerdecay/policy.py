@@ -11,10 +11,10 @@ meaning: the owning module's type first, then the parameter's name, then the mod
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress, repeat
 from operator import attrgetter, itemgetter, not_
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -107,6 +107,14 @@ def _decision_by_local_name(local: str) -> Decision | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _lists_of(module_type: type) -> tuple[bool, bool]:
+    """Whether a module class defines ``no_weight_decay()`` and ``no_weight_decay_keywords()``; asked once per
+    class and process (a failed class-attribute lookup costs an exception inside Python)."""
+    return (callable(getattr(module_type, "no_weight_decay", None)),
+            callable(getattr(module_type, "no_weight_decay_keywords", None)))
+
+
 def _model_no_weight_decay(view: ModelView) -> tuple[frozenset[str], tuple[str, ...]]:
     """Names from every ``no_weight_decay()`` and keywords from ``no_weight_decay_keywords()`` in the tree.
 
@@ -116,21 +124,19 @@ def _model_no_weight_decay(view: ModelView) -> tuple[frozenset[str], tuple[str, 
     names: set[str] = set()
     keywords: list[str] = []
     # Which classes define the lists, asked once per class: a deep model has many modules, few classes.
-    listing = {
-        cls
-        for cls in set(map(type, view.modules.values()))
-        if callable(getattr(cls, "no_weight_decay", None)) or callable(getattr(cls, "no_weight_decay_keywords", None))
-    }
+    types = list(map(type, view.modules.values()))
+    listing = [cls for cls in set(types) if any(_lists_of(cls))]
     if not listing:
         return frozenset(), ()
-    for path, module in view.modules.items():
-        cls = type(module)
-        if cls not in listing:
-            continue
+    paths, modules = list(view.modules), list(view.modules.values())
+    # The modules of those classes, found by C-level searches of the type list, asked in tree order.
+    for at in sorted(at for cls in listing for at in _positions_of(types, cls)):
+        path, module = paths[at], modules[at]
         prefix = path + "." if path else ""
-        if callable(getattr(cls, "no_weight_decay", None)):
+        has_names, has_keywords = _lists_of(types[at])
+        if has_names:
             names.update(prefix + n for n in module.no_weight_decay())
-        if callable(getattr(cls, "no_weight_decay_keywords", None)):
+        if has_keywords:
             keywords.extend(module.no_weight_decay_keywords())
     return frozenset(names), tuple(keywords)
 
@@ -209,6 +215,17 @@ def _decision_by_kind(module_type: type, local: str) -> Decision | None:
 @functools.lru_cache(maxsize=1024)
 def _norm_decision(module_type: type) -> Decision:
     return Decision(weight_decay=False, reason=f"{NORM_WEIGHT} ({module_type.__name__})")
+
+
+def _positions_of(items: list[Any], value: Any) -> Iterator[int]:
+    """Every index of ``value`` in ``items``, by C-level searches."""
+    at = -1
+    try:
+        while True:
+            at = items.index(value, at + 1)
+            yield at
+    except ValueError:
+        return
 
 
 def meaning_policy(view: ModelView) -> MeaningPolicy:
