@@ -354,6 +354,26 @@ def test_layer_id_answer_must_be_callable(net, host):
     assert info.value.plugin == "not-callable"
 
 
+@pytest.mark.parametrize("ids", [[0, 1], (0,) * 99])
+def test_layer_id_list_must_align_with_the_names(net, host, ids):
+    rule = plugin("short-list", layerdecay_num_layers=claims_three, layerdecay_layer_id=lambda: list(ids))
+    with pytest.raises(PluginError, match=r"list of \d+ ints aligned with model.names") as info:
+        layerdecay.explain(net, plugins=[rule], host=host)
+    assert info.value.plugin == "short-list" and f"list of {len(ids)} ids" in str(info.value)
+
+
+def test_layer_id_list_with_a_bad_id_names_the_parameter(net, host):
+    def ids(model):
+        out = [0] * len(model.names)
+        out[-1] = 7
+        return out
+
+    rule = plugin("bad-list", layerdecay_num_layers=claims_three, layerdecay_layer_id=ids)
+    with pytest.raises(PluginError, match="layer id 7") as info:
+        layerdecay.explain(net, plugins=[rule], host=host)
+    assert layerdecay.ModelView(net).names[-1] in str(info.value)
+
+
 def test_claim_without_layer_id(net, host):
     rule = plugin("half", layerdecay_num_layers=lambda model: 99 if isinstance(model.model, Flat) else None)
     with pytest.raises(PluginError, match="no plugin answers layerdecay_layer_id") as info:

@@ -123,3 +123,26 @@ def test_disabling_the_generic_fallback(tiny):
     with pytest.warns(layerdecay.LayerDecayWarning, match="no effect"):
         plan = layerdecay.explain(tiny, host=host)
     assert plan.owner is None and plan.num_layers == 1
+
+
+class TinyRuleByList(TinyRule):
+    """TinyRule answering with the ids themselves, aligned with the view's names."""
+
+    __name__ = "tiny-rule-list"
+
+    @layerdecay.hookimpl
+    def layerdecay_layer_id(self, model, num_layers):
+        layer_id = TinyRule.layerdecay_layer_id(self, model, num_layers)
+        return None if layer_id is None else [layer_id(name) for name in model.names]
+
+
+def test_layer_ids_as_a_list_plan_like_the_function(tiny):
+    tiny.blocks[1].requires_grad_(False)  # frozen parameters keep their place in the list
+    by_function = layerdecay.explain(tiny, host=layerdecay.create_plugin_host(autoload=False, plugins=[TinyRule()]))
+    by_list = layerdecay.explain(tiny, host=layerdecay.create_plugin_host(autoload=False, plugins=[TinyRuleByList()]))
+    assert by_list.owner == "tiny-rule-list"
+    assert [(r.name, r.layer_id, r.lr_mult, r.weight_decay) for r in by_list.rows] == [
+        (r.name, r.layer_id, r.lr_mult, r.weight_decay) for r in by_function.rows
+    ]
+    assert {r.layer_id for r in by_list.rows} == {0, 1, 3, 4, 5}  # blocks.1 (id 2) is frozen: no gap warning
+    assert not by_list.warnings

@@ -52,7 +52,7 @@ def layerdecay_num_layers(model: ModelView, recipe: str | None) -> int | None:
 @hookspec(firstresult=True)
 def layerdecay_layer_id(
     model: ModelView, recipe: str | None, num_layers: int
-) -> Callable[[str], int] | None:
+) -> Callable[[str], int] | Sequence[int] | None:
     """Give the function that maps a parameter name to its layer id (layer identifier).
 
     firstresult: the first non-None answer wins, in the same order as ``layerdecay_num_layers``.
@@ -65,8 +65,10 @@ def layerdecay_layer_id(
     Returns:
         A function ``layer_id(name) -> int`` called once for every trainable parameter with its
         normalized name; it must return an int in ``0 .. num_layers-1``. Parameters you do not
-        recognize (necks, heads) belong to the top layer, ``num_layers - 1``. None when the model is
-        not yours.
+        recognize (necks, heads) belong to the top layer, ``num_layers - 1``. Or, when the plugin
+        has worked out every id anyway, the ids themselves: a list (or tuple) with one id per
+        parameter of ``model.names``, in that order, frozen ones included; nothing is then called per
+        parameter. None when the model is not yours.
 
     Example::
 

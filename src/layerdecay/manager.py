@@ -220,17 +220,21 @@ class PluginHost:
         return count, plugin, tuple(rivals)
 
     def layer_id(self, view: ModelView, recipe: str | None, num_layers: int
-                 ) -> tuple[Callable[[str], int], str] | None:
-        """(name -> layer id function, answering plugin), or None."""
+                 ) -> tuple[Callable[[str], int] | Sequence[int], str] | None:
+        """(name -> layer id function, or the ids aligned with ``view.names``; answering plugin), or None."""
         found = self._first("layerdecay_layer_id",
                             {"model": view, "recipe": recipe, "num_layers": num_layers})
-        if found is not None and not callable(found[0]):
-            raise PluginError(
-                f"plugin {found[1]!r} answered layerdecay_layer_id with {found[0]!r}; "
-                "the contract is a function name -> int.",
-                plugin=found[1],
-            )
-        return found
+        if found is None or callable(found[0]):
+            return found
+        ids, plugin = found
+        if isinstance(ids, (list, tuple)) and len(ids) == len(view):
+            return found
+        shown = f"a {type(ids).__name__} of {len(ids)} ids" if isinstance(ids, (list, tuple)) else repr(ids)
+        raise PluginError(
+            f"plugin {plugin!r} answered layerdecay_layer_id with {shown}; the contract is a function "
+            f"name -> int, or a list of {len(view)} ints aligned with model.names.",
+            plugin=plugin,
+        )
 
     def policies(self, view: ModelView, recipe: str | None) -> list[tuple[str, Policy]]:
         """Every plugin's policy, highest precedence first, as (plugin name, policy)."""

@@ -219,12 +219,8 @@ def make_plan(
 
 
 def _all_layer_ids(view: ModelView, layer_fn: Any, num_layers: int) -> set[int]:
-    out = set()
-    for name in view.names:
-        lid = layer_fn(name)
-        if isinstance(lid, int) and 0 <= lid < num_layers:
-            out.add(lid)
-    return out
+    ids = layer_fn if isinstance(layer_fn, (list, tuple)) else map(layer_fn, view.names)
+    return {lid for lid in ids if isinstance(lid, int) and 0 <= lid < num_layers}
 
 
 def _bad_layer_id(layer_by: str, name: str, lid: object, num_layers: int) -> PluginError:
@@ -271,7 +267,7 @@ def _plan_buckets(
     else:
         positions = list(compress(range(len(names)), grads))
         t_names, t_params, t_owners = ([column[i] for i in positions] for column in (names, params, owners))
-    lids = _layer_ids(layer_fn, layer_by, t_names, num_layers)
+    lids = _layer_ids(layer_fn, layer_by, t_names, positions, num_layers)
     outcomes, codes = _outcomes(view, policies, t_names, t_params, t_owners)
 
     # Outcomes that differ only in their reason share a bucket: (decay, lr_mult factor, wd_mult, exclude).
@@ -309,14 +305,21 @@ def _plugin_raised(plugin: str, hook: str, exc: Exception) -> PluginError:
     )
 
 
-def _layer_ids(layer_fn: Any, layer_by: str, names: Sequence[str], num_layers: int) -> list[int]:
-    """The layer id of each name, checked against the contract (an int in ``0 .. num_layers-1``)."""
-    try:
-        lids = list(map(layer_fn, names))
-    except LayerDecayError:
-        raise
-    except Exception as exc:
-        raise _plugin_raised(layer_by, "layerdecay_layer_id", exc) from exc
+def _layer_ids(layer_fn: Any, layer_by: str, names: Sequence[str], positions: Sequence[int], num_layers: int
+               ) -> Sequence[int]:
+    """The layer id of each trainable parameter, checked against the contract (an int in ``0 .. num_layers-1``).
+
+    ``layer_fn`` is the plugin's function of the name, or its ids aligned with the view's names.
+    """
+    if isinstance(layer_fn, (list, tuple)):
+        lids: Sequence[int] = layer_fn if isinstance(positions, range) else [layer_fn[i] for i in positions]
+    else:
+        try:
+            lids = list(map(layer_fn, names))
+        except LayerDecayError:
+            raise
+        except Exception as exc:
+            raise _plugin_raised(layer_by, "layerdecay_layer_id", exc) from exc
     if lids and (set(map(type, lids)) != {int} or min(lids) < 0 or max(lids) >= num_layers):
         for name, lid in zip(names, lids, strict=True):
             if type(lid) is not int or not 0 <= lid < num_layers:
