@@ -18,7 +18,8 @@ Weight decay is left to the core's "by meaning" defaults, which already agree wi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from itertools import chain, repeat
 
 from layerdecay import ModelView, hookimpl, select_recipe
 from layerdecay_vit._layout import FINAL_NORM, SHARED_REL_POS, STEM, ViTLayout, find_layout
@@ -43,7 +44,7 @@ class _LayerIds(dict[str, int]):
     Its ``__getitem__`` is the layer-id function handed to the core: a C-level lookup per name.
     """
 
-    def __init__(self, ids: dict[str, int], top: int) -> None:
+    def __init__(self, ids: Mapping[str, int] | Iterable[tuple[str, int]], top: int) -> None:
         super().__init__(ids)
         self.top = top
 
@@ -52,7 +53,11 @@ class _LayerIds(dict[str, int]):
 
 
 def layer_ids(found: ViTLayout, recipe: str) -> tuple[dict[str, int], int]:
-    """Every parameter name -> layer id under ``recipe``, and the number of layer ids."""
+    """Every parameter name -> layer id under ``recipe``, and the number of layer ids.
+
+    Built by C-level passes (a role lookup per name outside the blocks, a repeated id per block), not by
+    Python work per parameter.
+    """
     depth = found.depth
     others = found.others
     if recipe == "timm":
@@ -65,11 +70,12 @@ def layer_ids(found: ViTLayout, recipe: str) -> tuple[dict[str, int], int]:
         # MAE and BEiT: depth + 2 ids; the shared relative-position bias and the final norm are "the rest".
         top = depth + 1
         by_role = {STEM: 0, SHARED_REL_POS: top, FINAL_NORM: top}
-    ids = {name: by_role.get(role, top) for name, role in others.items()}
-    names = found.names
-    for index, span in enumerate(found.blocks, 1):
-        ids.update(dict.fromkeys(names[span.start:span.stop], index))
-    return _LayerIds(ids, top), top + 1
+    ids = _LayerIds(zip(others, map(by_role.get, others.values(), repeat(top)), strict=True), top)
+    # The blocks are one run of names (listed depth first): block i's parameters get i + 1.
+    blocks = found.blocks
+    block_ids = chain.from_iterable(map(repeat, range(1, len(blocks) + 1), map(len, blocks)))
+    ids.update(zip(found.names[blocks[0].start:blocks[-1].stop], block_ids, strict=True))
+    return ids, top + 1
 
 
 def _plan_ids(view: ModelView, recipe: str | None) -> tuple[dict[str, int], int] | None:

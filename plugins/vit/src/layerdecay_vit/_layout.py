@@ -25,16 +25,20 @@ outside the backbone).
 Cost: every plugin is asked about every model, so the analysis reads the view's flat lists rather than
 walking module subtrees. Parameters are listed depth first, so the parameters under a module are one slice
 (``ModelView.span``): comparing blocks, counting their weights and giving a whole block its id are slice
-operations. A model is turned away before any of that when none of its tokens could be a sequence
-parameter (see :func:`may_be_vit`).
+operations, and comparing all blocks at once is one comparison of two overlapping slices. Shapes come from
+``ModelView.shapes``, read once per plan for every plugin. A model is turned away before any of that when
+none of its tokens could be a sequence parameter (see :func:`may_be_vit`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import attrgetter, itemgetter
+from itertools import chain, repeat
+from math import prod
+from operator import itemgetter
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -56,9 +60,6 @@ _REL_POS_MARKERS = ("rel_pos", "relative_position", "position_bias")
 _CONTAINER_TYPES = (nn.ModuleList, nn.Sequential)
 
 _DIGITS = b"0123456789"
-
-_shape = attrgetter("shape")
-_ndim = attrgetter("ndim")
 
 
 @dataclass(frozen=True)
@@ -127,42 +128,50 @@ def may_be_vit(view: ModelView) -> bool:
     once in the model, outside the repeated blocks. ConvNeXt's ``gamma``, Swin's relative-position tables,
     Swin-V2's ``q_bias``/``logit_scale`` are all repeated block by block (same name up to the block
     numbers, same shape in the first two blocks), and BERT has no such parameter at all. Works on the
-    joined names, so turning a model away costs about as much as copying its names once.
+    joined names, so turning a model away costs about as much as copying its names a few times.
     """
-    # String methods only: they run at C speed over the joined names, with no Python work per name.
-    text = "\n".join(view.names) + "\n"
-    pieces = text.replace(".weight\n", "\r").replace(".bias\n", "\r").split("\n")
-    # Each newline now ends a free-standing name: the last line of each piece.
-    free = list(map(itemgetter(2), map(str.rpartition, pieces[:-1], repeat("\r"))))
-    if not free:
+    # String methods only: they run at C speed over the joined names, with no Python work per name. The
+    # replacements keep the length (the newline after a layer's weight or bias becomes "\r"), which CPython
+    # does in one search pass and a copy; each newline left ends a free-standing name.
+    text = ("\n".join(view.names) + "\n").replace(".weight\n", ".weight\r").replace(".bias\n", ".bias\r")
+    if "\n" not in text:
         return False
+    pieces = text.split("\n")
+    del pieces[-1]
+    free = list(map(itemgetter(2), map(str.rpartition, pieces, repeat("\r"))))
     patterns = "\n".join(free).encode().translate(None, _DIGITS).split(b"\n")
-    names, params = view.names, view.params
-    for pattern, count in Counter(patterns).items():
-        if count == 1:
-            return True
-        # Repeated by name; an ensemble of two differently sized ViTs repeats its tokens with other shapes.
+    counts = Counter(patterns)
+    if 1 in counts.values():
+        return True
+    # Every one is repeated by name; an ensemble of two differently sized ViTs repeats its tokens with other
+    # shapes (two shapes read, not the whole model's).
+    names, params, shape_of = view.names, view.params, view.shape_of
+    for pattern in counts:
         first = patterns.index(pattern)
         second = patterns.index(pattern, first + 1)
-        if params[names.index(free[first])].shape != params[names.index(free[second])].shape:
+        if shape_of(params[names.index(free[first])]) != shape_of(params[names.index(free[second])]):
             return True
     return False
 
 
-@dataclass(frozen=True)
-class _Stack:
+class _Stack(NamedTuple):
     path: str
     blocks: tuple[range, ...]
     numel: int
     width: int
 
 
-def _residual_width(shapes: list[torch.Size]) -> int | None:
-    vectors = Counter(shape[0] for shape in shapes if len(shape) == 1)
+def _most_common(values: list[int]) -> int:
+    """The most frequent value; on a tie the first seen (as ``Counter.most_common``)."""
+    return max(dict.fromkeys(values), key=values.count)
+
+
+def _residual_width(shapes: Sequence[torch.Size]) -> int | None:
+    vectors = [shape[0] for shape in shapes if len(shape) == 1]
     if vectors:
-        return vectors.most_common(1)[0][0]
-    inputs = Counter(shape[1] for shape in shapes if len(shape) == 2)
-    return inputs.most_common(1)[0][0] if inputs else None
+        return _most_common(vectors)
+    inputs = [shape[1] for shape in shapes if len(shape) == 2]
+    return _most_common(inputs) if inputs else None
 
 
 def _as_stack(view: ModelView, path: str, module: nn.Module) -> _Stack | None:
@@ -171,37 +180,43 @@ def _as_stack(view: ModelView, path: str, module: nn.Module) -> _Stack | None:
     The caller passes only containers: a ``ModuleList``/``Sequential``, or a module whose children (two or
     more) are all numbered by their names (``encoder_layer_0``, ...), as torchvision's are once rebuilt
     from names.
+
+    Parameters are listed depth first, so ``n`` blocks of ``size`` parameters each are one run of
+    ``n * size`` positions and every comparison below is one C-level pass over that run, not one per block.
     """
     prefix = path + "." if path else ""
-    children = [prefix + n for n, c in module._modules.items() if c is not None]
+    children = [prefix + name for name, child in module._modules.items() if child is not None]
     if not children:
         return None
-    modules, params, names = view.modules, view.params, view.names
-    spans = [view.span(child) for child in children]
-    first = spans[0]
-    first_params = params[first.start:first.stop]
-    if list(map(_ndim, first_params)).count(2) < _MIN_BLOCK_MATRICES:
+    first = view.span(children[0])
+    start, size, count = first.start, len(first), len(children)
+    stop = start + size * count
+    # The last block ends the run; with the names checked below, every block between holds ``size`` too.
+    if size < _MIN_BLOCK_MATRICES or view.span(children[-1]) != range(stop - size, stop):
         return None
-    size = len(first)
-    block_type = type(modules.get(children[0]))
-    for child, span in zip(children, spans, strict=True):
-        if len(span) != size or type(modules.get(child)) is not block_type:
-            return None
-    shapes = list(map(_shape, first_params))
+    modules = view.modules
+    if list(map(type, map(modules.get, children))).count(type(modules.get(children[0]))) != count:
+        return None
     # Same names below each block's own path: block k's names are block 0's with k's path in front.
+    names = view.names
     skip = len(children[0]) + 1
-    relative = list(map(itemgetter(slice(skip, None)), names[first.start:first.stop]))
-    for child, span in zip(children[1:], spans[1:], strict=True):
-        if list(map(_shape, params[span.start:span.stop])) != shapes:
-            return None
-        head = child + "."
-        if "\n".join(names[span.start:span.stop]) != head + ("\n" + head).join(relative):
-            return None
-    width = _residual_width(shapes)
+    relative = list(map(itemgetter(slice(skip, None)), names[start:first.stop]))
+    expected = [f"{child}." + f"\n{child}.".join(relative) for child in children[1:]]
+    if "\n".join(names[first.stop:stop]) != "\n".join(expected):
+        return None
+    # Shapes last: a container that fails on structure is turned away without reading any.
+    shapes = view.shapes
+    block = shapes[start:first.stop]
+    if list(map(len, block)).count(2) < _MIN_BLOCK_MATRICES:
+        return None
+    # Each block's shapes are the previous block's: the run shifted by one block compares equal.
+    if shapes[start + size:stop] != shapes[start:stop - size]:
+        return None
+    width = _residual_width(block)
     if width is None:
         return None
-    per_block = sum(map(torch.Size.numel, shapes))
-    return _Stack(path, tuple(spans), per_block * len(children), width)
+    blocks = tuple(map(range, range(start, stop, size), range(start + size, stop + size, size)))
+    return _Stack(path, blocks, sum(map(prod, block)) * count, width)
 
 
 def _containers(view: ModelView) -> list[str]:
@@ -281,17 +296,17 @@ def find_layout(view: ModelView) -> ViTLayout | None:
     stack = _largest_stack(view)
     if stack is None:
         return None
-    names, params = view.names, view.params
+    names, shapes = view.names, view.shapes
+    total = len(names)
     start, stop = stack.blocks[0].start, stack.blocks[-1].stop
-    # Only the parameters outside the stack need a look of their own; the blocks are whole slices.
-    outside = [*range(start), *range(stop, len(names))]
     width = stack.width
+    # Only the parameters outside the stack need a look of their own; the blocks are whole slices.
     # The patch embedding: a [D, C, p, p] weight outside the stack, as close to the stack as possible.
     root: str | None = None
     patch_owner = ""
-    for i in outside:
-        param = params[i]
-        if param.ndim != 4 or param.shape[0] != width:
+    for i in chain(range(start), range(stop, total)):
+        shape = shapes[i]
+        if len(shape) != 4 or shape[0] != width:
             continue
         owner = _parent(names[i])
         candidate = _common_path(owner, stack.path)
@@ -299,38 +314,44 @@ def find_layout(view: ModelView) -> ViTLayout | None:
             root, patch_owner = candidate, owner
     if root is None:
         return None
-    in_root = range(len(names)) if not root else view.span(root)
-    backbone = [i for i in outside if i in in_root]
-    if not any(_is_sequence_param(names[i], params[i].shape, width) for i in backbone):
+    # The backbone's parameters outside the stack: the root's run less the stack's, as two ranges.
+    in_root = range(total) if not root else view.span(root)
+    backbone = [*range(in_root.start, min(in_root.stop, start)), *range(max(in_root.start, stop), in_root.stop)]
+    if not any(_is_sequence_param(names[i], shapes[i], width) for i in backbone):
         return None
 
     # Final norms sit beside the stack or beside one of its ancestors inside the backbone.
     parts = stack.path.split(".")
-    root_parts = _depth(root)
-    beside = [".".join(parts[:k]) for k in range(root_parts, len(parts))]
+    beside = [".".join(parts[:k]) for k in range(_depth(root), len(parts))]
+    # The modules from the model down to the stack, the stack included: one set lookup per owner.
+    above = {".".join(parts[:k]) for k in range(len(parts) + 1)}
     # Parameters listed before the stack belong to layers registered before it (the stem). Parameters
     # that a container owns directly (``cls_token`` on the model, ``pos_embedding`` on torchvision's
     # encoder) are listed before all its children whatever their place, so for those the shape decides:
     # a token or position table is stem, anything else (OpenCLIP's ``proj``) is not.
-    others = dict.fromkeys(names[:start], TOP)
-    others.update(dict.fromkeys(names[stop:], TOP))
+    others = dict.fromkeys(names[:start] + names[stop:], TOP)
     skip = len(root) + 1 if root else 0
+    # One search over the joined names tells whether any name can hold a relative-position marker.
+    text = "\n".join(map(names.__getitem__, backbone))
+    rel_pos = any(map(text.__contains__, _REL_POS_MARKERS))
+    in_patch = patch_owner + "." if patch_owner != root else None
+    norms: dict[str, bool] = {}  # module path -> is a final norm (a norm's weight and bias ask the same)
     modules = view.modules
     for i in backbone:
         name = names[i]
-        owner = _parent(name)
-        if any(marker in name[skip:] for marker in _REL_POS_MARKERS):
+        if rel_pos and any(map(name[skip:].__contains__, _REL_POS_MARKERS)):
             others[name] = SHARED_REL_POS
-        elif _inside(stack.path, owner) or owner == stack.path:
-            others[name] = STEM if _is_sequence_param(name, params[i].shape, width) else TOP
-        elif i < start or (patch_owner != root and _inside(name, patch_owner)):
+        elif name.rpartition(".")[0] in above:
+            others[name] = STEM if _is_sequence_param(name, shapes[i], width) else TOP
+        elif i < start or (in_patch is not None and name.startswith(in_patch)):
             others[name] = STEM
-        elif _in_final_norm(name, beside, modules):
+        elif _in_final_norm(name, beside, modules, norms):
             others[name] = FINAL_NORM
     return ViTLayout(root, stack.path, len(stack.blocks), width, names, stack.blocks, others)
 
 
-def _in_final_norm(name: str, beside: list[str], modules: dict[str, nn.Module]) -> bool:
+def _in_final_norm(name: str, beside: list[str], modules: dict[str, nn.Module], seen: dict[str, bool]) -> bool:
+    """Whether ``name`` lies in a final norm: a child of one of the ``beside`` modules (memoized in ``seen``)."""
     for ancestor in beside:
         if ancestor and not name.startswith(ancestor + "."):
             continue
@@ -339,7 +360,10 @@ def _in_final_norm(name: str, beside: list[str], modules: dict[str, nn.Module]) 
         if not dot:
             continue
         path = ancestor + "." + child if ancestor else child
-        module = modules.get(path)
-        if module is not None and _is_final_norm(path, module):
+        found = seen.get(path)
+        if found is None:
+            module = modules.get(path)
+            found = seen[path] = module is not None and _is_final_norm(path, module)
+        if found:
             return True
     return False
