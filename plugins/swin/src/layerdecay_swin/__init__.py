@@ -34,8 +34,9 @@ biases, relative position tables, the v2 ``cpb_mlp`` and ``logit_scale``, absolu
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from layerdecay import ModelView, hookimpl, is_norm_module, select_recipe
 
@@ -55,6 +56,7 @@ _OWNER = "the swin plugin"
 
 # Parameter and module names that mark a Swin window attention (v1 table, v2 continuous position bias MLP).
 _TABLE = "relative_position_bias_table"
+_DOT_TABLE = "." + _TABLE
 _CPB_MODULES = frozenset({"cpb_mlp", "continuous_position_bias_mlp"})
 # Text that every marker's name contains: a model whose names hold none of it is rejected without analysis.
 _MARKER_TEXT = (_TABLE, *(module + "." for module in sorted(_CPB_MODULES)))
@@ -77,6 +79,8 @@ TOP = "top"
 Role = tuple[str, int, int]
 _TOP_ROLE: Role = (TOP, 0, 0)
 _STEM_ROLE: Role = (STEM, 0, 0)
+# The model view's ``shapes``: one shape per parameter, aligned with its names.
+Shapes = Sequence[tuple[int, ...]]
 
 
 @dataclass
@@ -96,6 +100,8 @@ class SwinLayout:
             A role is ``("block", s, j)``, ``("merge", k, 0)`` for the PatchMerging after stage ``k``, or
             ``(role, 0, 0)`` for stem, final norm and top.
         ids: Recipe -> (parameter name -> layer id), filled on first use.
+        aligned: Recipe -> (the layer id of every parameter of ``names``, None where no run covers it; whether
+            the runs cover all), filled on first use.
     """
 
     depths: tuple[int, ...]
@@ -105,6 +111,7 @@ class SwinLayout:
     names: tuple[str, ...] = ()
     runs: list[tuple[int, int, Role]] = field(default_factory=list)
     ids: dict[str, dict[str, int]] = field(default_factory=dict)
+    aligned: dict[str, tuple[tuple[int | None, ...], bool]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def roles(self) -> dict[str, Role]:
@@ -115,25 +122,8 @@ class SwinLayout:
         return {name: role for name, role in zip(self.names, aligned, strict=True) if role is not None}
 
 
-class _IdTable(dict[str, int]):
-    """Name -> layer id whose lookups of unknown names answer the top id: one C-level lookup per name."""
-
-    __slots__ = ("top",)
-
-    def __init__(self, ids: dict[str, int], top: int) -> None:
-        super().__init__(ids)
-        self.top = top
-
-    def __missing__(self, key: str) -> int:
-        return self.top
-
-
 def _parent(path: str) -> str:
     return path.rpartition(".")[0]
-
-
-def _under(name: str, prefix: str) -> bool:
-    return not prefix or name.startswith(prefix + ".")
 
 
 def _block_of_marker(path: str, table: bool) -> tuple[str | None, str | None]:
@@ -161,21 +151,61 @@ def _block_of_marker(path: str, table: bool) -> tuple[str | None, str | None]:
     return block, None if table else ".".join(parts[: marker + 1]) + "."
 
 
-def _marker_candidates(text: str, markers: list[str]) -> list[int]:
-    """Positions (line numbers of ``text``, one name a line) of the names that contain one of ``markers``."""
-    found = set()
-    for marker in markers:
-        pos = text.find(marker)
-        line, counted = 0, 0
-        while pos >= 0:
-            line += text.count("\n", counted, pos)
-            counted = pos
-            found.add(line)
-            end = text.find("\n", pos)
-            if end < 0:
-                break
-            pos = text.find(marker, end)
-    return sorted(found)
+def _marker_blocks(view: ModelView, text: str, markers: list[str]) -> dict[str, str]:
+    """Block path -> container path, from the names (lines of ``text``) that contain one of ``markers``.
+
+    ``text.split`` finds every marker in C, and a newline count per piece gives its name's position: the
+    names between markers are never touched in Python. Every block of a stage names its marker alike
+    (``<block>.attn.relative_position_bias_table``, ``<block>.attn.cpb_mlp.``): once one marker is parsed in
+    full by :func:`_block_of_marker`, a marker with the same text after its block costs a suffix test (a
+    table) or one search (an MLP), checked to give the answer the full parse would.
+    """
+    names, params = view.names, view.params
+    blocks: dict[str, str] = {}
+    tail, cut = "", 0  # the text after the block in the last table parsed in full (".attn.<table>"), -its length
+    mid = ""  # the text between the block and the MLP's parameters in the last MLP parsed in full
+    mlp = None  # the name prefix of the last MLP marker: a v2 block's MLP has several parameters, one answer
+    for marker in markers:  # a name found twice (two marker texts, or one twice) is recorded twice, alike
+        line = 0
+        pieces = text.split(marker)
+        del pieces[-1]  # the text after the last marker
+        for piece in pieces:
+            line += piece.count("\n")
+            name = names[line]
+            if name.endswith(_DOT_TABLE) and params[line].ndim == 2:
+                if tail and name.endswith(tail):
+                    # The same components, none an index, between the block and the table: the index before
+                    # them is the block, when there is one.
+                    block = name[:cut]
+                    container, dot, index = block.rpartition(".")
+                    if dot and index.isdigit():
+                        blocks[block] = container
+                        continue
+                block, _ = _block_of_marker(name[: -len(_DOT_TABLE)], True)
+                if block is not None:
+                    tail = name[len(block) :]
+                    cut = -len(tail)
+                    blocks[block] = _parent(block)
+                continue
+            if mlp is not None and name.startswith(mlp):
+                continue
+            at = name.find(mid) if mid else -1
+            if at > 0:
+                # ``mid`` ends at the first MLP module on its path and holds no index: after an index, and with
+                # no MLP module before it, the full parse finds the same marker, block and prefix.
+                block = name[:at]
+                container, dot, index = block.rpartition(".")
+                if dot and index.isdigit() and _MLP_TEXT not in block:
+                    blocks[block] = container
+                    mlp = name[: at + len(mid)]
+                    continue
+            block, prefix = _block_of_marker(name.rpartition(".")[0], False)
+            if prefix is not None:
+                mlp = prefix
+                if block is not None:
+                    mid = prefix[len(block) :]
+                    blocks[block] = _parent(block)
+    return blocks
 
 
 def _stage_list_of(container: str) -> tuple[str, int] | None:
@@ -196,86 +226,86 @@ def _stage_list_of(container: str) -> tuple[str, int] | None:
     return None
 
 
-def _width(view: ModelView, block: str) -> int:
+def _width(shapes: Shapes, block: range) -> int:
     """A block's channel width: the most common length among its 1-D parameters (norms, biases)."""
-    span = view.span(block)
-    counts: dict[int, int] = {}
-    for param in view.params[span.start : span.stop]:
-        if param.ndim == 1:
-            length = param.shape[0]
-            counts[length] = counts.get(length, 0) + 1
-    return max(counts, key=counts.__getitem__) if counts else 0  # ties: the first seen
+    lengths = [shape[0] for shape in shapes[block.start : block.stop] if len(shape) == 1]
+    if not lengths:
+        return 0
+    if lengths.count(lengths[0]) * 2 > len(lengths):  # the usual case: the first one is most of them
+        return lengths[0]
+    return max(dict.fromkeys(lengths), key=lengths.count)  # ties: the first seen
 
 
 def _numbered_children(view: ModelView, path: str) -> list[str]:
+    """The paths of the numbered children of the module at ``path``, by index."""
     module = view.module(path)
     if module is None:
         return []
-    prefix = path + "."
+    kids = sorted((k for k in module._modules if k.isdigit()), key=int)
     modules = view.modules
-    return sorted((k for k in module._modules if k.isdigit() and prefix + k in modules), key=int)
+    return [child for child in map((path + ".").__add__, kids) if child in modules]
 
 
-def _is_final_norm(view: ModelView, unit: str, positions: list[int], width: int) -> bool:
+def _is_final_norm(view: ModelView, unit: str, pieces: list[range], width: int) -> bool:
     module = view.module(unit)
     if module is not None and is_norm_module(type(module)):
         return True
-    names, params = view.names, view.params
-    return all(names[i].rpartition(".")[2] in ("weight", "bias") for i in positions) and all(
-        tuple(params[i].shape) == (width,) for i in positions
+    names, shapes = view.names, view.shapes
+    return all(
+        names[i].rpartition(".")[2] in ("weight", "bias") and shapes[i] == (width,) for piece in pieces for i in piece
     )
 
 
-def _merge_stage(view: ModelView, positions: Iterable[int], widths: tuple[int, ...]) -> int | None:
-    """The stage ``k`` a PatchMerging follows, from its reduction: a 2-D weight ``[C_{k+1}, 4 * C_k]``."""
-    params = view.params
-    for i in positions:
-        shape = params[i].shape
-        if len(shape) != 2:
-            continue
-        for k in range(len(widths) - 1):
-            if shape[1] == 4 * widths[k] and shape[0] == widths[k + 1]:
-                return k
+def _merge_stage(shapes: Shapes, pieces: list[range], reductions: dict[tuple[int, int], int]) -> int | None:
+    """The stage ``k`` a PatchMerging follows, from its reduction: a 2-D weight ``[C_{k+1}, 4 * C_k]``.
+
+    ``reductions``: that shape -> ``k`` (the first ``k`` where two pairs of stages share it).
+    """
+    for piece in pieces:
+        for shape in shapes[piece.start : piece.stop]:
+            if len(shape) == 2:
+                stage = reductions.get(shape)
+                if stage is not None:
+                    return stage
     return None
+
+
+def _hierarchies(containers: Iterable[str]) -> list[tuple[str, dict[int, str]]]:
+    """(stage list, stage index -> container) for every stage list of two stages or more among ``containers``;
+    of two containers filed as one stage, the first."""
+    groups: dict[str, dict[int, str]] = {}
+    for container in containers:
+        found = _stage_list_of(container)
+        if found is not None:
+            groups.setdefault(found[0], {}).setdefault(found[1], container)
+    # One run of windowed blocks (BEiT's relative tables) is not a hierarchy.
+    return [(stage_list, stages) for stage_list, stages in groups.items() if len(stages) >= 2]
 
 
 def _find_stages(view: ModelView) -> tuple[str, list[str]] | None:
     """(stage list path, block containers in running order) of the largest Swin backbone, or None."""
-    names = view.names
-    text = "\n".join(names)
+    text = "\n".join(view.names)
     # Two substring searches reject any model but a windowed transformer ("_mlp." is in both MLP markers).
     markers = [_TABLE] if _TABLE in text else []
     if _MLP_TEXT in text:
         markers.extend(marker for marker in _MARKER_TEXT[1:] if marker in text)
     if not markers:
         return None
-    params = view.params
-    blocks: dict[str, str] = {}  # block path -> container path
-    mlp = None  # the name prefix of the last MLP marker: a v2 block's MLP has several parameters, one answer
-    for i in _marker_candidates(text, markers):
-        name = names[i]
-        path, _, last = name.rpartition(".")
-        table = last == _TABLE and params[i].ndim == 2
-        if not table and mlp is not None and name.startswith(mlp):
-            continue
-        block, prefix = _block_of_marker(path, table)
-        if prefix is not None:
-            mlp = prefix
-        if block is not None:
-            blocks.setdefault(block, _parent(block))
-    groups: dict[str, dict[int, str]] = {}
-    for container in set(blocks.values()):
-        found = _stage_list_of(container)
-        if found is not None:
-            groups.setdefault(found[0], {})[found[1]] = container
-    best = None
-    for stage_list, containers in groups.items():
-        if len(containers) < 2:
-            continue  # one run of windowed blocks (BEiT's relative tables) is not a hierarchy
-        size = sum(1 for c in blocks.values() if c in containers.values())
-        if best is None or size > best[0]:
-            best = (size, stage_list, [containers[i] for i in sorted(containers)])
-    return None if best is None else (best[1], best[2])
+    blocks = _marker_blocks(view, text, markers)
+    containers = list(dict.fromkeys(blocks.values()))
+    hierarchies = _hierarchies(containers)
+    if not hierarchies:
+        return None
+    if len(hierarchies) > 1 or len(containers) > len(hierarchies[0][1]):
+        # Rare (several backbones, or containers beside the stages): the choice must not hang on the order
+        # the markers were found in. Of containers filed as one stage the first in the listing is the stage,
+        # and of several backbones the one with the most blocks wins (the first of equals).
+        containers.sort(key=lambda container: view.span(container).start)
+        hierarchies = _hierarchies(containers)
+        sizes = [sum(1 for c in blocks.values() if c in set(stages.values())) for _, stages in hierarchies]
+        hierarchies = [hierarchies[sizes.index(max(sizes))]]
+    stage_list, stages = hierarchies[0]
+    return stage_list, [stages[i] for i in sorted(stages)]
 
 
 def analyse(view: ModelView) -> SwinLayout | None:
@@ -291,75 +321,85 @@ def _analyse(view: ModelView) -> SwinLayout | None:
     if found is None:
         return None
     stage_list, containers = found
+    names, span, shapes = view.names, view.span, view.shapes
 
-    block_index: dict[str, tuple[int, int]] = {}
+    blocks: list[tuple[int, int, int, int]] = []  # (start, -stop, stage, index) of the blocks with parameters
     depths = []
     widths = []
     for s, container in enumerate(containers):
-        kids = _numbered_children(view, container)
-        for j, kid in enumerate(kids):
-            block_index[f"{container}.{kid}"] = (s, j)
-        depths.append(len(kids))
-        widths.append(_width(view, f"{container}.{kids[0]}") if kids else 0)
+        spans = list(map(span, _numbered_children(view, container)))
+        blocks.extend((r.start, -r.stop, s, j) for j, r in enumerate(spans) if r)
+        depths.append(len(spans))
+        widths.append(_width(shapes, spans[0]) if spans else 0)
     depths_t, widths_t = tuple(depths), tuple(widths)
 
     # The backbone: the nearest module around the stage list that holds more than the stages. A module's
     # parameters are one run of the listing, and the stage list's run lies inside the backbone's.
-    names = view.names
     backbone = _parent(stage_list)
-    held = len(view.span(stage_list))
-    while backbone and len(view.span(backbone)) <= held:
+    held = len(span(stage_list))
+    while backbone and len(span(backbone)) <= held:
         backbone = _parent(backbone)
-    inside = view.span(backbone) if backbone else range(len(names))
+    inside = span(backbone) if backbone else range(len(names))
 
-    # Paths that lead to a block container: a unit in the stage list is the first path off them.
+    # Paths below the stage list that lead to a block container: a unit in the stage list is the first path
+    # off them.
     on_path = set()
     for container in containers:
-        parts = container.split(".")
-        on_path.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+        path = container
+        while path and path != stage_list and path not in on_path:
+            on_path.add(path)
+            path = _parent(path)
     depth_of_list = len(stage_list.split(".")) if stage_list else 0
     depth_of_backbone = len(backbone.split(".")) if backbone else 0
+    in_list = stage_list + "." if stage_list else ""
 
     runs: list[tuple[int, int, Role]] = []
     if inside.start > 0:
         runs.append((0, inside.start, _TOP_ROLE))
     if inside.stop < len(names):
         runs.append((inside.stop, len(names), _TOP_ROLE))
-    units: dict[str, list[int]] = {}  # unit path -> positions, for the parameters placed by role afterwards
+    units: dict[str, list[range]] = {}  # unit path -> its runs, for the parameters placed by role afterwards
     unit_after: dict[str, int] = {}  # unit path -> stage of the last block before it (-1: none)
 
     def place(start: int, stop: int, last_stage: int) -> None:
-        """Sort the parameters between blocks into units (or place the backbone's own ones)."""
-        for i in range(start, stop):
+        """Sort the parameters between blocks into units (or place the backbone's own ones).
+
+        A unit is a module, so its parameters are one run: the first one found places the rest of the run.
+        """
+        i = start
+        while i < stop:
             name = names[i]
             parts = name.split(".")
-            if _under(name, stage_list):
-                unit = next(
-                    (".".join(parts[:k]) for k in range(depth_of_list + 1, len(parts))
-                     if ".".join(parts[:k]) not in on_path),
-                    _parent(name),
-                )
+            whole = True  # whether every parameter under ``unit`` has this one's unit
+            if name.startswith(in_list):
+                unit, path = "", stage_list
+                for part in parts[depth_of_list:-1]:
+                    path = f"{path}.{part}" if path else part
+                    if path not in on_path:
+                        unit = path
+                        break
+                else:
+                    unit, whole = _parent(name), False
+            elif len(parts) == depth_of_backbone + 1:
+                # The backbone's own parameters come first in any listing, so their order says nothing:
+                # its absolute position embedding or mask token is stem, anything else of its own on top.
+                runs.append((i, i + 1, _STEM_ROLE if _STEM_PARAMETER.fullmatch(parts[-1]) else _TOP_ROLE))
+                i += 1
+                continue
             else:
-                rest = parts[depth_of_backbone:]
-                if len(rest) == 1:
-                    # The backbone's own parameters come first in any listing, so their order says nothing:
-                    # its absolute position embedding or mask token is stem, anything else of its own on top.
-                    runs.append((i, i + 1, _STEM_ROLE if _STEM_PARAMETER.fullmatch(rest[0]) else _TOP_ROLE))
-                    continue
                 unit = ".".join(parts[: depth_of_backbone + 1])
-            units.setdefault(unit, []).append(i)
+                whole = not stage_list.startswith(unit + ".")  # a module around the stage list: one by one
+            end = min(span(unit).stop, stop) if whole else i + 1
+            end = max(end, i + 1)
+            units.setdefault(unit, []).append(range(i, end))
             unit_after.setdefault(unit, last_stage)
+            i = end
 
     # Walk the backbone's run: blocks are whole sub-runs (the outermost block wins if two ever nest), and
-    # only the few parameters between them (stem, PatchMergings, final norm, head) are looked at one by one.
-    spans = []
-    for path, (s, j) in block_index.items():
-        span = view.span(path)
-        if span:
-            spans.append((span.start, -span.stop, s, j))
-    spans.sort()
+    # only the few parameters between them (stem, PatchMergings, final norm, head) are looked at, by unit.
+    blocks.sort()
     pos, last_stage = inside.start, -1
-    for start, minus_stop, s, j in spans:
+    for start, minus_stop, s, j in blocks:
         if start < pos:
             continue
         if start > pos:
@@ -368,13 +408,16 @@ def _analyse(view: ModelView) -> SwinLayout | None:
         last_stage, pos = s, -minus_stop
     place(pos, inside.stop, last_stage)
 
-    merges = {unit: _merge_stage(view, positions, widths_t) for unit, positions in units.items()}
+    reductions: dict[tuple[int, int], int] = {}
+    for k in range(len(widths_t) - 1):
+        reductions.setdefault((widths_t[k + 1], 4 * widths_t[k]), k)
+    merges = {unit: _merge_stage(shapes, pieces, reductions) for unit, pieces in units.items()}
     if all(merge is None for merge in merges.values()):
         return None  # stages without a PatchMerging between them: not a Swin
     last = len(depths_t) - 1
-    for unit, positions in units.items():
+    for unit, pieces in units.items():
         after = unit_after[unit]
-        in_stages = _under(unit, stage_list)
+        in_stages = unit.startswith(in_list)
         merge = merges[unit] if in_stages else None
         if merge is not None:
             role: Role = (MERGE, merge, 0)
@@ -382,11 +425,11 @@ def _analyse(view: ModelView) -> SwinLayout | None:
             role = _STEM_ROLE
         elif after < last and in_stages:
             role = (MERGE, after, 0)
-        elif _is_final_norm(view, unit, positions, widths_t[-1]):
+        elif _is_final_norm(view, unit, pieces, widths_t[-1]):
             role = (FINAL_NORM, 0, 0)
         else:
             role = _TOP_ROLE
-        runs.extend((i, i + 1, role) for i in positions)
+        runs += [(piece.start, piece.stop, role) for piece in pieces]
     return SwinLayout(depths_t, widths_t, backbone, stage_list, names, runs)
 
 
@@ -414,17 +457,31 @@ def _role_ids(layout: SwinLayout, recipe: str) -> Callable[[Role], int]:
     return role_id
 
 
+def _aligned_ids(layout: SwinLayout, recipe: str) -> tuple[tuple[int | None, ...], bool]:
+    """(layer id of every parameter of ``layout.names`` under ``recipe``, None where no run covers it; whether
+    the runs cover every parameter), memoized in the layout."""
+    found = layout.aligned.get(recipe)
+    if found is not None:
+        return found
+    role_id = _role_ids(layout, recipe)
+    starts = [sum(layout.depths[:s]) for s in range(len(layout.depths) + 1)]
+    aligned: list[int | None] = [None] * len(layout.names)
+    covered = 0
+    for start, stop, role in layout.runs:
+        # A block's id is the same in both recipes: computed here, without a call, for most of the runs.
+        aligned[start:stop] = [starts[role[1]] + role[2] + 1 if role[0] == BLOCK else role_id(role)] * (stop - start)
+        covered += stop - start
+    # The runs cover every parameter once, unless a layout was built by hand.
+    found = layout.aligned[recipe] = (tuple(aligned), covered == len(aligned))
+    return found
+
+
 def layer_ids(layout: SwinLayout, recipe: str) -> dict[str, int]:
     """Parameter name -> layer id under ``recipe`` (``"simmim"`` or ``"timm"``), memoized in the layout."""
     if recipe in layout.ids:
         return layout.ids[recipe]
-    role_id = _role_ids(layout, recipe)
-    aligned: list[int | None] = [None] * len(layout.names)
-    covered = 0
-    for start, stop, role in layout.runs:
-        aligned[start:stop] = [role_id(role)] * (stop - start)
-        covered += stop - start
-    if covered == len(aligned):  # the runs cover every parameter once (a layout built by hand may not)
+    aligned, complete = _aligned_ids(layout, recipe)
+    if complete:
         ids = dict(zip(layout.names, aligned, strict=True))
     else:
         ids = {name: i for name, i in zip(layout.names, aligned, strict=True) if i is not None}
@@ -435,8 +492,9 @@ def layer_ids(layout: SwinLayout, recipe: str) -> dict[str, int]:
 def _num_layers(layout: SwinLayout, recipe: str) -> int:
     if recipe != "timm":
         return sum(layout.depths) + 2
-    role_id = _role_ids(layout, recipe)
-    return max((role_id(role) for start, stop, role in layout.runs if stop > start), default=0) + 1
+    # The largest id given, plus one (the ids are memoized: the layer_id hook asks for them next).
+    aligned, complete = _aligned_ids(layout, recipe)
+    return max(aligned if complete else (i for i in aligned if i is not None), default=0) + 1
 
 
 @hookimpl
@@ -449,10 +507,14 @@ def layerdecay_num_layers(model: ModelView, recipe: str | None) -> int | None:
 
 
 @hookimpl
-def layerdecay_layer_id(model: ModelView, recipe: str | None, num_layers: int) -> Callable[[str], int] | None:
-    """Layer ids by role (see the module docstring); parameters the analysis did not see go on top."""
+def layerdecay_layer_id(model: ModelView, recipe: str | None, num_layers: int) -> tuple[int, ...] | None:
+    """Layer ids by role (see the module docstring), aligned with ``model.names``: the core then calls nothing
+    per parameter. Parameters the analysis did not see go on top."""
     layout = analyse(model)
     if layout is None:
         return None
-    ids = layer_ids(layout, select_recipe(recipe, RECIPES, owner=_OWNER))
-    return _IdTable(ids, num_layers - 1).__getitem__
+    aligned, complete = _aligned_ids(layout, select_recipe(recipe, RECIPES, owner=_OWNER))
+    if complete:
+        return cast(tuple[int, ...], aligned)  # every id is set
+    top = num_layers - 1
+    return tuple(top if i is None else i for i in aligned)
