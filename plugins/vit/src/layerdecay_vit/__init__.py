@@ -18,13 +18,14 @@ Weight decay is left to the core's "by meaning" defaults, which already agree wi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
 from itertools import chain, repeat
 
 from layerdecay import ModelView, hookimpl, select_recipe
 from layerdecay_vit._layout import FINAL_NORM, SHARED_REL_POS, STEM, ViTLayout, find_layout
 
-__all__ = ["PLUGIN_NAME", "RECIPES", "layer_ids", "layerdecay_layer_id", "layerdecay_num_layers", "layout"]
+__all__ = [
+    "PLUGIN_NAME", "RECIPES", "aligned_ids", "layer_ids", "layerdecay_layer_id", "layerdecay_num_layers", "layout",
+]
 
 PLUGIN_NAME = "vit"
 RECIPES = ("mae", "beit", "timm")
@@ -38,25 +39,11 @@ def layout(view: ModelView) -> ViTLayout | None:
     return view.cache[PLUGIN_NAME]
 
 
-class _LayerIds(dict[str, int]):
-    """Name -> layer id; a name the model does not have (nor the plan) gets the top id.
+def aligned_ids(found: ViTLayout, recipe: str) -> tuple[list[int], int]:
+    """The layer id of every parameter, aligned with the view's names, and the number of layer ids.
 
-    Its ``__getitem__`` is the layer-id function handed to the core: a C-level lookup per name.
-    """
-
-    def __init__(self, ids: Mapping[str, int] | Iterable[tuple[str, int]], top: int) -> None:
-        super().__init__(ids)
-        self.top = top
-
-    def __missing__(self, name: str) -> int:
-        return self.top
-
-
-def layer_ids(found: ViTLayout, recipe: str) -> tuple[dict[str, int], int]:
-    """Every parameter name -> layer id under ``recipe``, and the number of layer ids.
-
-    Built by C-level passes (a role lookup per name outside the blocks, a repeated id per block), not by
-    Python work per parameter.
+    Built by C-level passes (a role lookup per parameter outside the blocks, a repeated id per block), not
+    by Python work per parameter; the core takes the list as it is.
     """
     depth = found.depth
     others = found.others
@@ -70,22 +57,29 @@ def layer_ids(found: ViTLayout, recipe: str) -> tuple[dict[str, int], int]:
         # MAE and BEiT: depth + 2 ids; the shared relative-position bias and the final norm are "the rest".
         top = depth + 1
         by_role = {STEM: 0, SHARED_REL_POS: top, FINAL_NORM: top}
-    ids = _LayerIds(zip(others, map(by_role.get, others.values(), repeat(top)), strict=True), top)
-    # The blocks are one run of names (listed depth first): block i's parameters get i + 1.
     blocks = found.blocks
-    block_ids = chain.from_iterable(map(repeat, range(1, len(blocks) + 1), map(len, blocks)))
-    ids.update(zip(found.names[blocks[0].start:blocks[-1].stop], block_ids, strict=True))
-    return ids, top + 1
+    start = blocks[0].start
+    # ``others`` holds the parameters before and after the blocks, in listing order; the blocks are one run
+    # of names (listed depth first) in which block i's parameters get i + 1.
+    outside = list(map(by_role.get, others.values(), repeat(top)))
+    inside = chain.from_iterable(map(repeat, range(1, len(blocks) + 1), map(len, blocks)))
+    return [*outside[:start], *inside, *outside[start:]], top + 1
 
 
-def _plan_ids(view: ModelView, recipe: str | None) -> tuple[dict[str, int], int] | None:
+def layer_ids(found: ViTLayout, recipe: str) -> tuple[dict[str, int], int]:
+    """Every parameter name -> layer id under ``recipe``, and the number of layer ids."""
+    ids, count = aligned_ids(found, recipe)
+    return dict(zip(found.names, ids, strict=True)), count
+
+
+def _plan_ids(view: ModelView, recipe: str | None) -> tuple[list[int], int] | None:
     found = layout(view)
     if found is None:
         return None
     chosen = select_recipe(recipe, RECIPES, owner=_OWNER)
     key = f"{PLUGIN_NAME}:{chosen}"
     if key not in view.cache:
-        view.cache[key] = layer_ids(found, chosen)
+        view.cache[key] = aligned_ids(found, chosen)
     return view.cache[key]
 
 
@@ -96,12 +90,7 @@ def layerdecay_num_layers(model: ModelView, recipe: str | None) -> int | None:
 
 
 @hookimpl
-def layerdecay_layer_id(model: ModelView, recipe: str | None, num_layers: int) -> Callable[[str], int] | None:
+def layerdecay_layer_id(model: ModelView, recipe: str | None, num_layers: int) -> list[int] | None:
+    """The ids themselves, aligned with the view's names (``num_layers`` is this plugin's own count)."""
     planned = _plan_ids(model, recipe)
-    if planned is None:
-        return None
-    ids = planned[0]
-    top = num_layers - 1
-    if not isinstance(ids, _LayerIds) or ids.top != top:
-        ids = _LayerIds(ids, top)
-    return ids.__getitem__
+    return None if planned is None else planned[0]

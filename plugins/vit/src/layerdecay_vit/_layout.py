@@ -73,7 +73,8 @@ class ViTLayout:
         width: Residual width ``D``.
         names: The view's parameter names.
         blocks: For each block in order, the positions of its parameters in ``names``.
-        others: Normalized name -> role for every parameter outside the blocks, frozen included.
+        others: Normalized name -> role for every parameter outside the blocks, frozen included, in listing
+            order (those before the blocks, then those after).
     """
 
     root: str
