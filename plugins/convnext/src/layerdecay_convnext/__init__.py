@@ -18,11 +18,9 @@ same decision as timm's 1-D ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from layerdecay import ModelView, hookimpl, select_recipe
-from layerdecay_convnext._layout import Layout, find_layout
-from layerdecay_convnext._recipes import RECIPES, IdMap, LayerIds, layer_ids
+from layerdecay_convnext._layout import Layout, find_layout_and_spans
+from layerdecay_convnext._recipes import RECIPES, LayerIds, layer_ids
 
 __all__ = ["PLUGIN_NAME", "RECIPES", "layerdecay_layer_id", "layerdecay_num_layers", "layout_of"]
 
@@ -32,21 +30,28 @@ _OWNER = "the convnext plugin"
 
 def layout_of(model: ModelView) -> Layout | None:
     """The ConvNeXt found in the model (memoized in the view's cache), or None when there is none."""
+    return _analysis(model)["layout"]
+
+
+def _analysis(model: ModelView) -> dict:
+    """The plugin's per-plan cache: the layout, the spans of its roles' modules, the ids of each recipe."""
     cache = model.cache.get(PLUGIN_NAME)
     if cache is None:
-        cache = model.cache[PLUGIN_NAME] = {"layout": find_layout(model)}
-    return cache["layout"]
+        found = find_layout_and_spans(model)
+        layout, spans = (None, None) if found is None else found
+        cache = model.cache[PLUGIN_NAME] = {"layout": layout, "spans": spans}
+    return cache
 
 
 def _ids(model: ModelView, recipe: str | None) -> LayerIds | None:
-    layout = layout_of(model)
+    cache = _analysis(model)
+    layout = cache["layout"]
     if layout is None:
         return None
     resolved = select_recipe(recipe, RECIPES, owner=_OWNER)
-    cache = model.cache[PLUGIN_NAME]
     found = cache.get(resolved)
     if found is None:
-        found = cache[resolved] = layer_ids(layout, model, resolved)
+        found = cache[resolved] = layer_ids(layout, model, resolved, cache["spans"])
     return found
 
 
@@ -58,12 +63,12 @@ def layerdecay_num_layers(model: ModelView, recipe: str | None) -> int | None:
 
 
 @hookimpl
-def layerdecay_layer_id(model: ModelView, recipe: str | None, num_layers: int) -> Callable[[str], int] | None:
-    """Stem, downsample and block parameters by the recipe; everything else (norm, head, neck) at the top."""
+def layerdecay_layer_id(model: ModelView, recipe: str | None, num_layers: int) -> list[int] | None:
+    """Stem, downsample and block parameters by the recipe; everything else (norm, head, neck) at the top.
+
+    The answer is the ids themselves, aligned with ``model.names``: the core calls nothing per parameter.
+    """
     found = _ids(model, recipe)
     if found is None:
         return None
-    ids = found.ids
-    if ids.top != num_layers - 1:
-        ids = IdMap(ids, num_layers - 1)
-    return ids.__getitem__
+    return found.aligned(len(model.names), num_layers - 1)

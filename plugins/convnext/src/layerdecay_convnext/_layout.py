@@ -9,23 +9,25 @@ biases). That signature, read from shapes alone, finds the stages; the stem and 
 then found by their place relative to the stages and by the channel counts they connect. No model name
 and no depth table is consulted, so any depth and any wrapper works.
 
-Every plugin is asked about every model, so the search is built to be cheap. Parameters are listed
+Every plugin is asked about every model, so the search is built to be cheap. Shapes are read from
+:attr:`ModelView.shapes` (read once per plan, shared with the other plugins). Parameters are listed
 depth-first (a module's parameters are one run, :meth:`ModelView.span`), and every block starts with a
-depthwise kernel ``[C, 1, k, k]``: a model without two of them is rejected after one pass over the
-parameters' ranks, and only the modules above those kernels are ever examined.
+depthwise kernel ``[C, 1, k, k]``: a model without two 4-D parameters is rejected after one C-level pass
+over the ranks, and only the modules above the kernels are ever examined.
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
 from dataclasses import dataclass
+from operator import attrgetter, lt
+from typing import NamedTuple
 
-import torch
+from torch import nn
 
 from layerdecay import ModelView
 
-__all__ = ["Layout", "Role", "find_layout"]
+__all__ = ["Layout", "Role", "find_layout", "find_layout_and_spans"]
 
 # The child of the backbone root that timm's head-norm-first variants use for the norm applied before
 # pooling; timm's layout merges it into the last block.
@@ -33,8 +35,6 @@ NORM_PRE = "norm_pre"
 
 # A parameter's role: ("stem",), ("downsample", stage), ("block", stage, index), ("norm_pre",).
 Role = tuple
-
-_rank = torch.Tensor.dim
 
 
 @dataclass(frozen=True)
@@ -89,41 +89,48 @@ def _block_width(weights: list[tuple[int, ...]]) -> int | None:
     if len(weights) != 3:
         return None
     dw, expand, project = weights
-    if len(dw) != 4 or dw[1] != 1 or max(dw[2], dw[3]) < 2:
+    if len(dw) != 4 or dw[1] != 1 or (dw[2] < 2 and dw[3] < 2):
         return None
     channels = dw[0]
-    if len(expand) not in (2, 4) or len(project) != len(expand) or any(d != 1 for d in expand[2:] + project[2:]):
-        return None
-    hidden = expand[0]
-    if expand[1] != channels or project[0] != channels or project[1] != hidden:
+    rank = len(expand)
+    if len(project) != rank or not (rank == 2 or (rank == 4 and expand[2:] == project[2:] == (1, 1))):
+        return None  # pointwise: Linear, or 1x1 convolutions
+    if expand[1] != channels or project[0] != channels or project[1] != expand[0]:
         return None
     return channels
 
 
+class _Stage(NamedTuple):
+    """A module whose children are all ConvNeXt blocks of one width, with the spans read on the way."""
+
+    path: str
+    span: range
+    blocks: list[str]
+    block_spans: list[range]
+    width: int
+
+
 class _Index:
-    """Positions of the parameters that may be weights (rank 2 or more), shapes read only where needed."""
+    """What the search shares: the view, its shapes, and block widths already decided."""
 
-    def __init__(self, view: ModelView, ranks: list[int], fours: list[int]) -> None:
+    def __init__(self, view: ModelView) -> None:
         self.view = view
-        self.params = view.params
-        # Only parameters of rank 2 or more can be non-vector weights; the 4-D ones are known already.
-        others = [i for rank in set(ranks) if rank >= 2 and rank != 4 for i in _positions(ranks, rank)]
-        self.positions = sorted(fours + others) if others else fours
-        self.widths: dict[tuple[torch.Size, ...], int | None] = {}  # block widths by weight shapes
-        self._children: dict[str, list[str]] = {}
-
-    def children(self, path: str) -> list[str]:
-        kids = self._children.get(path)
-        if kids is None:
-            module = self.view.modules.get(path)
-            prefix = path + "." if path else ""
-            items = module._modules.items() if module is not None else ()
-            kids = self._children[path] = [prefix + name for name, child in items if child is not None]
-        return kids
+        self.shapes = view.shapes
+        self.widths: dict[tuple, int | None] = {}  # block width by the shapes of the block's parameters
 
 
-def _positions(ranks: list[int], rank: int) -> list[int]:
-    """Indices of the parameters of ``rank``, found by C-level searches (models hold few of rank 2+)."""
+def _child_names(module: nn.Module | None) -> list[str]:
+    """The names of a module's children (None entries left out), in registration order."""
+    if module is None:
+        return []
+    children = module._modules
+    if None in children.values():
+        return [name for name, child in children.items() if child is not None]
+    return list(children)
+
+
+def _positions(ranks: bytearray | list[int], rank: int) -> list[int]:
+    """Indices of the parameters of ``rank``, found by C-level searches (models hold few 4-D ones)."""
     found: list[int] = []
     find = ranks.index
     start = 0
@@ -136,14 +143,18 @@ def _positions(ranks: list[int], rank: int) -> list[int]:
         return found
 
 
-def _block_containers(index: _Index, kernels: list[int]) -> list[tuple[str, list[str], int]]:
-    """Innermost modules whose children are all ConvNeXt blocks of one width: (path, blocks, width).
+_UNSEEN = object()
+
+
+def _block_containers(index: _Index, kernels: list[int]) -> list[_Stage]:
+    """Innermost modules whose children are all ConvNeXt blocks of one width, in the order of the tree.
 
     A block's first non-vector weight is its depthwise kernel, so such a container is the parent of a
     numbered module above one of ``kernels``: only those parents are examined.
     """
-    names = index.view.names
-    verdicts: dict[str, tuple[int, str, list[str], int] | None] = {}
+    view = index.view
+    names, modules, span_of = view.names, view.modules, view.span
+    verdicts: dict[str, _Stage | None] = {}
     seen: set[str] = set()
     for i in kernels:
         # Walk up from the kernel, innermost first: a valid container makes its ancestors moot (the
@@ -153,9 +164,19 @@ def _block_containers(index: _Index, kernels: list[int]) -> list[tuple[str, list
             seen.add(path)
             parent, _, last = path.rpartition(".")
             if last.isdigit():
-                if parent not in verdicts:
-                    verdicts[parent] = _container(index, parent)
-                if verdicts[parent] is not None:
+                verdict = verdicts.get(parent, _UNSEEN)
+                if verdict is _UNSEEN:
+                    # A block holds at least three weights, so a smaller child rules its parent out unexamined
+                    # (torchvision's numbered ``block.0`` convolution, once per block).
+                    parent_module = modules.get(parent)
+                    small = (parent_module is not None and parent_module._modules.get(last) is not None
+                             and len(span_of(path)) < 3)
+                    verdict = verdicts[parent] = None if small else _container(index, parent)
+                    if verdict is not None:
+                        # Any later walk that reaches one of its blocks would stop there as this one does:
+                        # marking them walked ends those walks one step earlier, with the same verdicts.
+                        seen.update(verdict.blocks)
+                if verdict is not None:
                     break
             if not path:
                 break
@@ -164,54 +185,76 @@ def _block_containers(index: _Index, kernels: list[int]) -> list[tuple[str, list
     # A depth-1 stage can itself look like a block: keep only the innermost containers. What is left are
     # disjoint subtrees, so the order of their parameters is the order of the tree.
     if len(found) > 1:
-        paths = [p for _, p, _, _ in found]
-        found = [c for c in found if not any(o != c[1] and _is_within(o, c[1]) for o in paths)]
-        found.sort(key=lambda c: c[0])
-    return [(path, kids, width) for _, path, kids, width in found]
+        found.sort(key=_span_start)
+        # Spans nest as the modules do: when consecutive ones are disjoint, no container holds another.
+        spans = list(map(_SPAN, found))
+        if any(map(lt, map(_START, spans[1:]), map(_STOP, spans))):
+            paths = [c.path for c in found]
+            found = [c for c in found if not any(o != c.path and _is_within(o, c.path) for o in paths)]
+    return found
 
 
-def _container(index: _Index, path: str) -> tuple[int, str, list[str], int] | None:
-    """(first position, path, blocks, width) when every child of ``path`` is a block of one width."""
-    span = index.view.span(path)
+_SPAN, _START, _STOP = attrgetter("span"), attrgetter("start"), attrgetter("stop")
+
+
+def _span_start(stage: _Stage) -> int:
+    return stage.span.start
+
+
+def _container(index: _Index, path: str) -> _Stage | None:
+    """The stage at ``path`` when every child of ``path`` is a block, all of one width; else None."""
+    view = index.view
+    span = view.span(path)
     if not span:
         return None
-    kids = index.children(path)
-    if not kids or not all(k.rpartition(".")[2].isdigit() for k in kids):
+    local = _child_names(view.modules.get(path))
+    if not local or not all(map(str.isdigit, local)):
         return None
-    # ``_Index.block_width`` of every kid, inlined: this loop runs once per block of the model.
-    span_of, positions, params, widths = index.view.span, index.positions, index.params, index.widths
-    left = bisect.bisect_left
-    width = None
-    for kid in kids:
-        kid_span = span_of(kid)
-        lo = left(positions, kid_span.start)
-        hi = left(positions, kid_span.stop, lo)
-        if hi - lo < 3:
+    kids = list(map((path + "." if path else "").__add__, local))
+    shapes, widths = index.shapes, index.widths
+    kid_spans = list(map(view.span, kids))
+    first, last = kid_spans[0], kid_spans[-1]
+    key = shapes[first.start : first.stop]
+    width = _width(widths, key)
+    if width is None:
+        return None
+    # The blocks of a stage are alike: when the kids' spans tile one run of the same shapes over and
+    # over, one comparison at C level checks them all.
+    size, count = len(key), len(kids)
+    if (last.stop - first.start == size * count and list(map(len, kid_spans)).count(size) == count
+            and shapes[first.start : last.stop] == key * count):
+        return _Stage(path, span, kids, kid_spans, width)
+    for kid_span in kid_spans:
+        if _width(widths, shapes[kid_span.start : kid_span.stop]) != width:
             return None
-        key = tuple([params[i].shape for i in positions[lo:hi]])
-        kid_width = widths.get(key, -1)
-        if kid_width == -1:
-            kid_width = widths[key] = _block_width([tuple(shape) for shape in key if _matrix_like(shape)])
-        if kid_width is None or (width is not None and kid_width != width):
-            return None
-        width = kid_width
-    return span.start, path, kids, width  # type: ignore[return-value]
+    return _Stage(path, span, kids, kid_spans, width)
 
 
-def _overlaps(span: range, ranges: list[range], points: set[int]) -> bool:
-    start, stop = span.start, span.stop
-    for r in ranges:
-        if r.start < stop and start < r.stop:
-            return True
+def _width(widths: dict[tuple, int | None], shapes: tuple) -> int | None:
+    """The block width of a child whose parameters have ``shapes`` (memoized in ``widths``), else None."""
+    width = widths.get(shapes, -1)
+    if width == -1:
+        # The non-vector weights (``_matrix_like``, inlined: this runs once per stage).
+        weights = [s for s in shapes if len(s) > 1 and len(s) - s.count(1) - s.count(0) >= 2]
+        width = widths[shapes] = _block_width(weights)
+    return width
+
+
+def _overlaps(span: range, starts: list[int], stops: list[int], points: set[int]) -> bool:
+    """Whether ``span`` shares a parameter with one of the ordered, disjoint ranges ``starts[k]:stops[k]``
+    (found by bisection), or holds one of ``points``."""
+    k = bisect.bisect_right(stops, span.start)
+    if k < len(starts) and starts[k] < span.stop:
+        return True
     return any(i in span for i in points)
 
 
-def _largest_part(view: ModelView, start: str, stop: str, avoid: list[range], points: set[int]) -> str:
+def _largest_part(view: ModelView, start: str, stop: str, avoid: tuple[list[int], list[int]], points: set[int]) -> str:
     """The largest ancestor of ``start`` (below ``stop``) holding none of the ``avoid``/``points`` params."""
     best = start
     path = start
     while path and path != stop:
-        if _overlaps(view.span(path), avoid, points):
+        if _overlaps(view.span(path), *avoid, points):
             break
         best = path
         path = _parent(path)
@@ -220,24 +263,35 @@ def _largest_part(view: ModelView, start: str, stop: str, avoid: list[range], po
 
 def find_layout(view: ModelView) -> Layout | None:
     """The ConvNeXt in ``view``'s model, or None when there is none (or it is not laid out as one)."""
-    params = view.params
-    ranks = list(map(_rank, params))
-    fours = _positions(ranks, 4) if 4 in ranks else []
-    four_shapes = [params[i].shape for i in fours]
-    kernels = [i for i, s in zip(fours, four_shapes, strict=True) if s[1] == 1 and max(s[2], s[3]) >= 2]
+    found = find_layout_and_spans(view)
+    return None if found is None else found[0]
+
+
+def find_layout_and_spans(view: ModelView) -> tuple[Layout, dict[str, range]] | None:
+    """:func:`find_layout`, plus the span of every module with a role (read on the way, so the recipes
+    need not look them up again)."""
+    shapes = view.shapes
+    try:
+        ranks: bytearray | list[int] = bytearray(map(len, shapes))  # counted and searched at C speed
+    except ValueError:  # a rank above 255
+        ranks = list(map(len, shapes))
+    if ranks.count(4) < 2:
+        return None  # every block of at least two stages starts with a depthwise kernel (vit, swin: one 4-D)
+    fours = _positions(ranks, 4)
+    kernels = [i for i in fours if (shape := shapes[i])[1] == 1 and (shape[2] >= 2 or shape[3] >= 2)]
     if len(kernels) < 2:
-        return None  # every block of at least two stages starts with a depthwise kernel
-    index = _Index(view, ranks, fours)
-    containers = _block_containers(index, kernels)
-    if len(containers) < 2:
         return None
-    widths = [w for _, _, w in containers]
-    if any(b < a for a, b in itertools.pairwise(widths)):
+    index = _Index(view)
+    stages = _block_containers(index, kernels)
+    if len(stages) < 2:
+        return None
+    widths = [stage.width for stage in stages]
+    if any(map(lt, widths[1:], widths[:-1])):
         return None  # not one backbone's stages in depth order
 
     span_of = view.span
-    paths = [path for path, _, _ in containers]
-    block_spans = [span_of(path) for path in paths]
+    paths = [stage.path for stage in stages]
+    block_spans = [stage.span for stage in stages]
     first_block = block_spans[0].start
     last_block = block_spans[-1].stop - 1
 
@@ -245,20 +299,27 @@ def find_layout(view: ModelView) -> Layout | None:
     # and its downsample; otherwise (torchvision, the research repo) the downsample is the convolution
     # that maps the previous stage's width to this one's, found by shape.
     downsample: dict[int, str] = {}
+    spans: dict[str, range] = {}
     taken: list[range] = list(block_spans)
     unwrapped: list[int] = []
     for s, path in enumerate(paths):
         parent = _parent(path)
-        # No other stage under the parent (the stages are disjoint, so none is the parent itself).
-        alone = bool(parent) and not any(c.startswith(parent + ".") for c in paths[:s] + paths[s + 1 :])
+        # No other stage under the parent (the stages are disjoint, so none is the parent itself). The
+        # stages are in tree order, so stages under one module are neighbours: asking both suffices.
+        prefix = parent + "."
+        alone = bool(parent) and not (
+            (s > 0 and paths[s - 1].startswith(prefix)) or (s + 1 < len(paths) and paths[s + 1].startswith(prefix))
+        )
         if path and alone:
-            kids = index.children(parent)
-            if kids != [path]:
+            local = path[len(prefix) :]
+            kids = _child_names(view.modules.get(parent))
+            if kids != [local]:
                 # Only this stage's blocks lie under the parent, so anything more there is not a block.
                 if len(span_of(parent)) > len(block_spans[s]):
-                    for kid in kids:
-                        if kid != path and (kid_span := span_of(kid)):
+                    for name in kids:
+                        if name != local and (kid_span := span_of(kid := prefix + name)):
                             downsample[s] = kid  # the single non-block child of the stage wrapper
+                            spans[kid] = kid_span
                             taken.append(kid_span)
                             break
                 continue
@@ -268,17 +329,16 @@ def find_layout(view: ModelView) -> Layout | None:
     for r in taken:
         inside.update(fours[bisect.bisect_left(fours, r.start) : bisect.bisect_left(fours, r.stop)])
     convs = [
-        i for i, shape in zip(fours, four_shapes, strict=True)
-        if i not in inside and _matrix_like(shape) and max(shape[2], shape[3]) >= 2
+        i for i in fours
+        if i not in inside and _matrix_like(shape := shapes[i]) and (shape[2] >= 2 or shape[3] >= 2)
     ]
-    shape_of = dict(zip(fours, four_shapes, strict=True))
     ds_convs: dict[int, int] = {}
     for s in unwrapped:
         if s == 0:
             continue
         want = (widths[s], widths[s - 1])
         used = set(ds_convs.values())
-        match = next((i for i in convs if i < last_block and i not in used and shape_of[i][:2] == want), None)
+        match = next((i for i in convs if i < last_block and i not in used and shapes[i][:2] == want), None)
         if match is not None:
             ds_convs[s] = match
     stem_pool = [i for i in convs if i not in ds_convs.values()]
@@ -294,7 +354,7 @@ def find_layout(view: ModelView) -> Layout | None:
     while True:
         span = span_of(root)
         stem_conv = next(
-            (i for i in stem_pool if i in span and i < first_block and shape_of[i][0] == widths[0]), None
+            (i for i in stem_pool if i in span and i < first_block and shapes[i][0] == widths[0]), None
         )
         if stem_conv is not None:
             break
@@ -304,34 +364,50 @@ def find_layout(view: ModelView) -> Layout | None:
 
     names = view.names
     conv_params = [*ds_convs.values(), stem_conv]
+    blocks_at = ([r.start for r in block_spans], [r.stop for r in block_spans])  # in order, disjoint
     for s, conv in ds_convs.items():
         avoid = {c for c in conv_params if c != conv}
-        downsample[s] = _largest_part(view, _parent(names[conv]), root, block_spans, avoid)
-    for s in range(1, len(containers)):
+        downsample[s] = _largest_part(view, _parent(names[conv]), root, blocks_at, avoid)
+    for s in range(1, len(stages)):
         if s not in downsample and widths[s] != widths[s - 1]:
             return None  # the width changes but nothing maps it: not a ConvNeXt we understand
-    stem = _largest_part(view, _parent(names[stem_conv]), root, block_spans, set(ds_convs.values()))
+    stem = _largest_part(view, _parent(names[stem_conv]), root, blocks_at, set(ds_convs.values()))
 
     roles: dict[str, Role] = {stem: ("stem",)}
     for s, path in downsample.items():
         roles[path] = ("downsample", s)
-    for s, (_, blocks, _) in enumerate(containers):
-        for b, block in enumerate(blocks):
+    # The parameters of these modules have a role: the search for the rest of the stem jumps over them.
+    jumps: dict[int, int] = {}
+    for path in roles:
+        span = spans[path] = spans.get(path) or span_of(path)
+        if path and span:
+            jumps[span.start] = max(span.stop, jumps.get(span.start, 0))
+    for s, stage in enumerate(stages):
+        for b, block in enumerate(stage.blocks):
             roles[block] = ("block", s, b)
+        spans.update(zip(stage.blocks, stage.block_spans, strict=True))
     # Whatever the backbone registers before its first block and is not a downsample belongs to the stem,
     # also when the stem is split into sibling modules (timm's ``features_only`` gives ``stem_0``, ``stem_1``).
     span = span_of(root)
-    for i in range(span.start, min(span.stop, first_block)):
+    i, end = span.start, min(span.stop, first_block)
+    while i < end:
+        if i in jumps:
+            i = jumps[i]
+            continue
         owner = _parent(names[i])
         if owner != root and _role_of(roles, names[i]) is None:
             roles[owner] = ("stem",)
+        i += 1
     norm_pre = f"{root}.{NORM_PRE}" if root else NORM_PRE
     if span_of(norm_pre):
         roles[norm_pre] = (NORM_PRE,)
-    return Layout(
+    for path in roles.keys() - spans.keys():
+        spans[path] = span_of(path)
+    layout = Layout(
         root=root,
         stem=stem,
-        depths=tuple(len(blocks) for _, blocks, _ in containers),
+        depths=tuple([len(stage.blocks) for stage in stages]),
         widths=tuple(widths),
         roles=roles,
     )
+    return layout, spans

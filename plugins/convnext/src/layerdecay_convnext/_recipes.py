@@ -8,7 +8,6 @@ feature extractor) there is no separate top, so no layer id is ever empty.
 
 from __future__ import annotations
 
-import itertools
 import math
 import operator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from layerdecay import ModelView
 from layerdecay_convnext._layout import NORM_PRE, Layout, Role
 
-__all__ = ["RECIPES", "IdMap", "LayerIds", "layer_ids"]
+__all__ = ["RECIPES", "LayerIds", "layer_ids"]
 
 # The first one is the default: the ConvNeXt paper's published recipe.
 RECIPES = ("official", "block", "stage", "timm")
@@ -26,28 +25,20 @@ RECIPES = ("official", "block", "stage", "timm")
 _MERGE_WITH_PREVIOUS = "merge"
 
 
-class IdMap(dict):
-    """Name -> layer id for the parameters with a role; any other name (head, neck, unknown) gets ``top``.
-
-    Its bound ``__getitem__`` serves as the layer-id function: one C-level dict lookup per name.
-    """
-
-    __slots__ = ("top",)
-
-    def __init__(self, ids: dict[str, int] | None = None, top: int = 0) -> None:
-        super().__init__(ids or ())
-        self.top = top
-
-    def __missing__(self, name: str) -> int:
-        return self.top
-
-
 @dataclass(frozen=True)
 class LayerIds:
-    """Layer ids of every parameter with a role (others: the top), and the number of ids."""
+    """The layer ids of the parameters with a role, as runs ``(start, stop, id)`` of the view (the others,
+    head and neck, are at the top), and the number of ids."""
 
-    ids: IdMap
+    runs: list[tuple[int, int, int]]
     num_layers: int
+
+    def aligned(self, count: int, top: int) -> list[int]:
+        """The id of each of the view's ``count`` parameters, ``top`` for the top: one C-level fill per run."""
+        ids = [top] * count
+        for start, stop, lid in self.runs:
+            ids[start:stop] = [lid] * (stop - start)
+        return ids
 
 
 def _official(role: Role, depths: tuple[int, ...]) -> int | None:
@@ -100,7 +91,7 @@ def _timm_key(role: Role) -> tuple[int, ...] | str:
     return (1, role[1], role[2] if kind == "block" else 0)
 
 
-def _timm_ids(layout: Layout, names: tuple[str, ...]) -> LayerIds:
+def _timm_ids(layout: Layout, names: tuple[str, ...]) -> tuple[dict[str, int], int]:
     """timm's ``group_matcher`` ordering: ordinals over the keys that hold parameters, frozen ones too."""
     keyed: dict[str, tuple[int, ...]] = {}
     merged: list[str] = []
@@ -119,13 +110,13 @@ def _timm_ids(layout: Layout, names: tuple[str, ...]) -> LayerIds:
     ids = {name: ordinal[key] for name, key in keyed.items()}
     last = len(ordinal) - 1
     ids.update(dict.fromkeys(merged, last))
-    return LayerIds(ids, last + 1 + int(outside))
+    return ids, last + 1 + int(outside)
 
 
 _RULES = {"official": _official, "block": _block, "stage": _stage}
 
 
-def _ids_by_name(layout: Layout, names: tuple[str, ...], recipe: str) -> LayerIds:
+def _ids_by_name(layout: Layout, names: tuple[str, ...], recipe: str) -> tuple[dict[str, int], int]:
     """Layer ids parameter by parameter: the general case, where one role's module holds another's."""
     if recipe == "timm":
         return _timm_ids(layout, names)
@@ -140,63 +131,57 @@ def _ids_by_name(layout: Layout, names: tuple[str, ...], recipe: str) -> LayerId
         else:
             ids[name] = lid
     backbone_top = max(ids.values(), default=0)
-    return LayerIds(ids, backbone_top + 1 + int(outside))
+    return ids, backbone_top + 1 + int(outside)
 
 
-def _role_runs(layout: Layout, view: ModelView) -> list[tuple[int, int, Role]] | None:
+def _role_runs(
+    layout: Layout, view: ModelView, spans: dict[str, range] | None = None
+) -> list[tuple[int, int, Role]] | None:
     """The parameters of each role as one run ``(start, stop, role)`` of the view, in order; None when two
-    roles' modules nest (then a parameter's role is its nearest ancestor's, decided name by name)."""
-    span_of = view.span
-    runs = []
-    for path, role in layout.roles.items():
-        span = span_of(path)
-        if span:
-            runs.append((span.start, span.stop, role))
-    runs.sort(key=operator.itemgetter(0))
-    if any(b[0] < a[1] for a, b in itertools.pairwise(runs)):
+    roles' modules nest (then a parameter's role is its nearest ancestor's, decided name by name).
+
+    ``spans`` gives the span of every role's module when the caller read them already.
+    """
+    span_of = view.span if spans is None else spans.__getitem__
+    runs = [(span.start, span.stop, role) for path, role in layout.roles.items() if (span := span_of(path))]
+    runs.sort(key=_FIRST)
+    starts = list(map(_FIRST, runs))
+    stops = list(map(_SECOND, runs))
+    if any(map(operator.lt, starts[1:], stops)):
         return None
     return runs
 
 
-def _assign(names: tuple[str, ...], runs: list[tuple[int, int, int]]) -> IdMap:
-    """Names of every run -> its id; adjacent runs with one id are handed out as one slice."""
-    ids = IdMap()
-    lid, start, stop = -1, 0, 0
-    for a, b, run_id in runs:
-        if run_id == lid and a == stop:
-            stop = b
-            continue
-        if stop > start:
-            ids.update(dict.fromkeys(names[start:stop], lid))
-        lid, start, stop = run_id, a, b
-    if stop > start:
-        ids.update(dict.fromkeys(names[start:stop], lid))
-    return ids
-
-
-def layer_ids(layout: Layout, view: ModelView, recipe: str) -> LayerIds:
+def layer_ids(layout: Layout, view: ModelView, recipe: str, spans: dict[str, range] | None = None) -> LayerIds:
     """Layer ids of every parameter of the view (frozen ones included) under ``recipe``.
 
     Roles belong to modules, and a module's parameters are one run of the view, so each role's id is
     decided once and handed to its whole run; names outside every run (head, neck) go to the top.
+    ``spans``: the span of every role's module, when the caller has them (see ``find_layout_and_spans``).
     """
     names = view.names
-    runs = _role_runs(layout, view)
+    runs = _role_runs(layout, view, spans)
     if runs is None:
-        found = _ids_by_name(layout, names, recipe)
-        return LayerIds(IdMap(found.ids, found.num_layers - 1), found.num_layers)
+        ids, num_layers = _ids_by_name(layout, names, recipe)
+        return LayerIds([(i, i + 1, lid) for i, name in enumerate(names) if (lid := ids.get(name)) is not None],
+                        num_layers)
     if recipe == "timm":
         keys = [(a, b, _timm_key(role)) for a, b, role in runs]
         ordinal = {key: i for i, key in enumerate(sorted({k for _, _, k in keys if k != _MERGE_WITH_PREVIOUS}))}
         last = len(ordinal) - 1
         numbered = [(a, b, last if k == _MERGE_WITH_PREVIOUS else ordinal[k]) for a, b, k in keys]  # type: ignore[index]
-        covered = sum(b - a for a, b, _ in numbered)
-        num_layers = last + 1 + int(covered < len(names))
+        num_layers = last + 1 + int(_covered(numbered) < len(names))
     else:
         rule, depths = _RULES[recipe], layout.depths
         numbered = [(a, b, lid) for a, b, role in runs if (lid := rule(role, depths)) is not None]
-        covered = sum(b - a for a, b, _ in numbered)
-        num_layers = max((lid for _, _, lid in numbered), default=0) + 1 + int(covered < len(names))
-    ids = _assign(names, numbered)
-    ids.top = num_layers - 1
-    return LayerIds(ids, num_layers)
+        backbone_top = max(map(_THIRD, numbered), default=0)
+        num_layers = backbone_top + 1 + int(_covered(numbered) < len(names))
+    return LayerIds(numbered, num_layers)
+
+
+_FIRST, _SECOND, _THIRD = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
+
+
+def _covered(runs: list[tuple[int, int, int]]) -> int:
+    """How many parameters the (disjoint) runs hold, summed at C level."""
+    return sum(map(_SECOND, runs)) - sum(map(_FIRST, runs))
