@@ -79,6 +79,18 @@ def test_fsdp1_views_keep_names_and_layers(ranks):
         assert r["fsdp1_shapes"]["stem.weight"] == [8, 6]
 
 
+def test_fsdp1_views_keep_each_family_plugin_and_its_recipe(ranks):
+    # The plugins recognize a family by its shapes; under FSDP1 they read the real ones, not the flat shards.
+    for r in ranks:
+        families = r["fsdp1_families"]
+        assert {arch: f["owner"] for arch, f in families.items()} == {
+            "vit_tiny_patch16_224": "vit", "convnext_atto": "convnext", "swin_tiny_patch4_window7_224": "swin"}
+        for arch, found in families.items():
+            assert found["bare_owner"] == found["owner"], arch
+            assert found["same_plan"], arch
+            assert not found["warnings"], arch
+
+
 def test_fsdp1_groups_built_before_wrapping_stay_valid(ranks):
     # use_orig_params=True keeps the Parameter objects: a plan of the bare model keeps its decisions and trains.
     for r in ranks:

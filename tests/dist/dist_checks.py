@@ -39,6 +39,27 @@ LINEAR_WEIGHTS = {"stem.weight", "head.weight"} | {f"blocks.{i}.{fc}.weight" for
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fsdp2_train.py"
 
 
+# Small members of each family, as timm builds them, and the class of their blocks (FSDP1's wrapping unit).
+FAMILY_ARGS = {
+    "vit_tiny_patch16_224": {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32, "patch_size": 8},
+    "convnext_atto": {"depths": (1, 1, 2, 1), "dims": (8, 16, 32, 64)},
+    "swin_tiny_patch4_window7_224": {"img_size": 32, "window_size": 2, "embed_dim": 8, "depths": (1, 1, 2, 1),
+                                     "num_heads": (1, 1, 2, 2)},
+}
+FAMILY_MODELS = {
+    "vit_tiny_patch16_224": lambda arch: type(family_model(arch).blocks[0]),
+    "convnext_atto": lambda arch: type(family_model(arch).stages[0].blocks[0]),
+    "swin_tiny_patch4_window7_224": lambda arch: type(family_model(arch).layers[0].blocks[0]),
+}
+
+
+def family_model(arch):
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(arch, pretrained=False, num_classes=3, **FAMILY_ARGS[arch])
+
+
 def plan_key(model):
     return [(r.name, list(r.shape), r.layer_id, r.lr_mult, r.weight_decay) for r in layerdecay.explain(model,
                                                                                                       **OPTIONS).rows]
@@ -184,6 +205,19 @@ def main(out: Path) -> None:
     for s in range(2):
         step(fsdp1, opt, s)
     res["fsdp1_trains"] = any(not torch.equal(before[n], p) for n, p in fsdp1.named_parameters() if p.numel())
+
+    # FSDP1 and the family plugins: they read the real shapes too, so each family keeps its own recipe.
+    res["fsdp1_families"] = {}
+    for arch, block in FAMILY_MODELS.items():
+        bare_plan = layerdecay.explain(family_model(arch))
+        wrapped = FSDP(family_model(arch), use_orig_params=True, device_id=torch.device("cpu"),
+                       auto_wrap_policy=ModuleWrapPolicy({block(arch)}))
+        plan = layerdecay.explain(wrapped)
+        res["fsdp1_families"][arch] = {
+            "owner": plan.owner, "bare_owner": bare_plan.owner, "warnings": list(plan.warnings),
+            "same_plan": [(r.name, r.layer_id, r.weight_decay) for r in plan.rows]
+            == [(r.name, r.layer_id, r.weight_decay) for r in bare_plan.rows],
+        }
 
     # FSDP1 keeps the original Parameter objects: groups planned on the bare model before wrapping stay valid.
     bare = make_model()
