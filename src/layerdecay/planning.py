@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import compress, repeat
+from itertools import compress
 from numbers import Real
-from operator import add, attrgetter, mul
+from operator import add, attrgetter
 from typing import Any, NamedTuple
 
 from torch import nn
@@ -26,7 +26,6 @@ from layerdecay.validation import ParamFact, PlanFacts, check_plan
 __all__ = ["make_plan", "check_number"]
 
 _REQUIRES_GRAD = attrgetter("requires_grad")
-_NONE_TYPE = type(None)
 
 
 def check_number(name: str, value: Any, *, minimum: float | None = None, exclusive: bool = False,
@@ -274,8 +273,10 @@ def _plan_buckets(
     kinds: dict[tuple[Any, ...], int] = {}
     kind_of = [kinds.setdefault((r.decay, r.lr_mult, r.wd_mult, r.exclude), len(kinds)) for r in outcomes]
     kind_keys = list(kinds)
+    # A bucket's key is kind * num_layers + layer id: one int, sorted as (kind, layer id).
+    key_base = [kind * num_layers for kind in kind_of]
     members_of: dict[int, list[int]] = {}
-    keys = map(add, map(mul, map(kind_of.__getitem__, codes), repeat(num_layers)), lids)
+    keys = map(add, map(key_base.__getitem__, codes), lids)
     for key, position in zip(keys, positions, strict=True):
         members = members_of.get(key)
         if members is None:
@@ -320,7 +321,11 @@ def _layer_ids(layer_fn: Any, layer_by: str, names: Sequence[str], positions: Se
             raise
         except Exception as exc:
             raise _plugin_raised(layer_by, "layerdecay_layer_id", exc) from exc
-    if lids and (set(map(type, lids)) != {int} or min(lids) < 0 or max(lids) >= num_layers):
+    try:
+        valid = all(type(lid) is int and 0 <= lid < num_layers for lid in set(lids))  # few distinct ids
+    except TypeError:  # an unhashable answer
+        valid = False
+    if not valid:
         for name, lid in zip(names, lids, strict=True):
             if type(lid) is not int or not 0 <= lid < num_layers:
                 raise _bad_layer_id(layer_by, name, lid, num_layers)
@@ -329,7 +334,7 @@ def _layer_ids(layer_fn: Any, layer_by: str, names: Sequence[str], positions: Se
 
 def _answers(plugin: str, policy: Policy, names: Sequence[str], params: Sequence[Any], owners: Sequence[Any]
              ) -> list[Any]:
-    """One policy's answer for every parameter, each checked to be a Decision or None."""
+    """One policy's answer for every parameter (their types are checked by :func:`_outcomes`)."""
     decide_all = getattr(policy, "decide_all", None)
     try:
         if decide_all is not None:
@@ -346,10 +351,6 @@ def _answers(plugin: str, policy: Policy, names: Sequence[str], params: Sequence
             "of the policy it returned from layerdecay_param_policy; the contract is one per parameter.",
             plugin=plugin,
         )
-    for kind in set(map(type, answers)):
-        if kind is not _NONE_TYPE and not issubclass(kind, Decision):
-            at = list(map(type, answers)).index(kind)
-            raise _bad_decision(plugin, names[at], answers[at])
     return answers
 
 
@@ -364,9 +365,18 @@ def _outcomes(view: ModelView, policies: list[tuple[str, Policy]], names: Sequen
     plugins = [plugin for plugin, _ in policies]
     columns = [_answers(plugin, policy, names, params, owners) for plugin, policy in policies]
     ids = [list(map(id, column)) for column in columns]
-    keys: list[Any] = ids[0] if len(ids) == 1 else list(zip(*ids, strict=True))
     # Each distinct key, in order of first appearance, with its answers (the same objects wherever it occurs).
-    answers_of = dict(zip(keys, zip(*columns, strict=True), strict=True))
+    keys: list[Any]
+    if len(columns) == 1:
+        keys = ids[0]
+        answers_of: dict[Any, tuple[Any, ...]] = {k: (a,) for k, a in dict(zip(keys, columns[0], strict=True)).items()}
+    else:
+        keys = list(zip(*ids, strict=True))
+        answers_of = dict(zip(keys, zip(*columns, strict=True), strict=True))
+    for key, answers in answers_of.items():
+        for plugin, answer in zip(plugins, answers, strict=True):
+            if answer is not None and not isinstance(answer, Decision):
+                raise _bad_decision(plugin, names[keys.index(key)], answer)
     outcomes: list[Resolved] = []
     interned: dict[Resolved, int] = {}
 

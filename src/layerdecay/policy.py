@@ -146,7 +146,7 @@ class MeaningPolicy:
 
     Called as ``policy(name, param, module)`` like any policy; the planner calls :meth:`decide_all`, which
     gives the same answers for a whole column of parameters at once. Most parameters are decided by their
-    owner's type or their own local name, so those are looked up by (module type, local name); only the
+    owner's type or their own local name, so those are looked up once per distinct type and name; only the
     rest (the weights of plain layers, mostly) are read by full name and rank.
     """
 
@@ -162,9 +162,16 @@ class MeaningPolicy:
     def decide_all(self, names: Sequence[str], params: Sequence[torch.Tensor], modules: Sequence[nn.Module]
                    ) -> list[Decision]:
         """The decision for each parameter (aligned sequences of names, tensors and owning modules)."""
-        keys = list(zip(map(type, modules), map(_LAST, map(str.rpartition, names, repeat("."))), strict=True))
-        by_kind = {key: _decision_by_kind(*key) for key in set(keys)}
-        answers: list[Decision | None] = list(map(by_kind.__getitem__, keys))
+        locals_ = list(map(_LAST, map(str.rpartition, names, repeat("."))))
+        by_local = {local: _decision_by_local_name(local) for local in set(locals_)}
+        answers: list[Decision | None] = list(map(by_local.__getitem__, locals_))
+        # A normalization module's parameters are decided by its type, whatever their names.
+        types = list(map(type, modules))
+        for module_type in set(types):
+            norm = _norm_decision(module_type)
+            if norm is not None:
+                for i in _positions_of(types, module_type):
+                    answers[i] = norm
         pending = list(compress(range(len(answers)), map(not_, answers)))
         if pending:
             decided = self._by_name_and_rank([names[i] for i in pending], [params[i] for i in pending])
@@ -196,19 +203,13 @@ class MeaningPolicy:
 
 
 @functools.lru_cache(maxsize=4096)
-def _decision_by_kind(module_type: type, local: str) -> Decision | None:
-    """What a parameter's owner type, or else its local name, settles on its own (None: look closer).
+def _norm_decision(module_type: type) -> Decision | None:
+    """The decision for every parameter of a normalization class, None for other classes.
 
-    A pure function of a class and a name, so it is worked out once per process and shared by every plan:
-    one shared Decision per normalization class.
+    A pure function of the class, so it is worked out once per process: one shared Decision per class.
     """
-    if is_norm_module(module_type):
-        return _norm_decision(module_type)
-    return _decision_by_local_name(local)
-
-
-@functools.lru_cache(maxsize=1024)
-def _norm_decision(module_type: type) -> Decision:
+    if not is_norm_module(module_type):
+        return None
     return Decision(weight_decay=False, reason=f"{NORM_WEIGHT} ({module_type.__name__})")
 
 
