@@ -71,7 +71,8 @@ class PlanFacts:
 
 # Name pieces (split at '.' and '_') that mean "embedding, token or position": pos_embed, cls_token,
 # word_embeddings, position_embeddings, absolute_pos_embed, mask_token, ... but not post_layernorm.
-_EMBED_PIECE = re.compile(r"^(?:\w*embed\w*|\w*tokens?|pos|posit\w*)$")
+# As one search of the whole name: a piece is a run of word characters between '.'/'_' (or the ends).
+_EMBED_PIECE = re.compile(r"(?:^|[._])(?:[^\W_]*embed[^\W_]*|[^\W_]*tokens?|pos|posit[^\W_]*)(?=[._]|$)")
 
 
 _RELATIVE_POSITION = ("rel_pos", "relative_position", "position_bias")
@@ -87,8 +88,7 @@ def looks_like_embedding(name: str, shape: Sequence[int]) -> bool:
     lowered = name.lower()
     if any(marker in lowered for marker in _RELATIVE_POSITION):
         return False
-    pieces = re.split(r"[._]", lowered)
-    if any(_EMBED_PIECE.match(p) for p in pieces if p):
+    if _EMBED_PIECE.search(lowered):
         return True
     return "." not in name and len(shape) == 3 and shape[0] == 1
 
