@@ -93,7 +93,10 @@ def is_norm_module(module_type: type) -> bool:
     return "Norm" in name or name.endswith("GRN")
 
 
+@functools.lru_cache(maxsize=4096)
 def _decision_by_local_name(local: str) -> Decision | None:
+    """What a parameter's own name (the last component) settles, whatever its module: a pure function of
+    the name, worked out once per process."""
     if local == "bias" or local.endswith("_bias"):
         return BIAS
     if local in _LAYER_SCALE_NAMES or local.startswith("lambda_"):
