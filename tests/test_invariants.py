@@ -164,3 +164,27 @@ def test_strip_wrapper_prefixes_on_text():
     assert strip("module._orig_mod.blocks.0._fsdp_wrapped_module.fc.weight") == "blocks.0.fc.weight"
     assert strip("_checkpoint_wrapped_module.module.head.bias") == "head.bias"
     assert strip("encoder.module.weight") == "encoder.module.weight"  # a real attribute called module
+
+
+def test_a_chain_deeper_than_the_recursion_limit_is_walked():
+    import sys
+
+    depth = sys.getrecursionlimit() + 200
+    root = inner = nn.Sequential()
+    for _ in range(depth):
+        child = nn.Sequential()
+        inner.add_module("0", child)
+        inner = child
+    inner.add_module("0", nn.Linear(2, 2))
+    view = layerdecay.ModelView(root)
+    prefix = "0." * (depth + 1)
+    assert view.names == (prefix + "weight", prefix + "bias")
+    assert len(view.modules) == depth + 2 and view.span(prefix[:-1]) == range(2)
+
+
+def test_a_module_tree_with_a_cycle_lists_each_module_once():
+    root = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 3)))
+    root[1].add_module("back", root)  # the root is its own grandchild
+    view = layerdecay.ModelView(root)
+    assert list(view.modules) == [n for n, _ in root.named_modules()]
+    assert list(view.names) == [n for n, _ in root.named_parameters()]

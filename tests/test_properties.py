@@ -201,6 +201,28 @@ if pytest is not None:
         assert [id(p) for p in plan.parameters] == [id(p) for p in model.parameters() if p.requires_grad]
 
     @SETTINGS
+    @given(seed=seeds)
+    def test_the_view_lists_what_torch_lists(seed):
+        """Both walks (the fast one for unshared trees, the careful one for shared modules and parameters)
+        list the parameters and modules that torch's own listings give, with their types and spans."""
+        model = build_model(seed)
+        view = layerdecay.ModelView(model)
+        assert list(view.names) == [n for n, _ in model.named_parameters()]
+        assert [id(p) for p in view.params] == [id(p) for p in model.parameters()]
+        assert list(view.modules) == [n for n, _ in model.named_modules()]
+        assert view.module_types == tuple(type(m) for _, m in model.named_modules())
+        owners: dict[int, nn.Module] = {}  # a tied parameter's owner is where it is first seen
+        for _, module in model.named_modules():
+            for p in module._parameters.values():
+                if p is not None:
+                    owners.setdefault(id(p), module)
+        assert all(owner is owners[id(p)] for p, owner in zip(view.params, view.owners, strict=True))
+        for path, module in model.named_modules():
+            below = {id(p) for p in module.parameters()}
+            assert {id(view.params[i]) for i in view.span(path)} <= below  # a tied one counts where first seen
+            assert view.shapes == tuple(p.shape for p in view.params)
+
+    @SETTINGS
     @given(seed=seeds, layer_decay=decays, weight_decay=weight_decays)
     def test_multipliers_follow_the_exponential_rule(host, seed, layer_decay, weight_decay):
         plan = _explain(build_model(seed), host, layer_decay=layer_decay, weight_decay=weight_decay)

@@ -73,8 +73,8 @@ def strip_wrapper_prefixes(name: str) -> str:
     return ".".join(p for p in parts[lead:] if p not in _ALWAYS_WRAPPER_CHILDREN)
 
 
-Walk = tuple[list[str], list[torch.Tensor], list[nn.Module], dict[str, nn.Module], dict[str, tuple[int, int]],
-             dict[int, torch.Size]]
+Walk = tuple[list[str], list[torch.Tensor], list[nn.Module], dict[str, nn.Module], list[type],
+             dict[str, tuple[int, int]], dict[int, torch.Size]]
 
 
 def _walk_unshared(model: nn.Module) -> Walk | None:
@@ -89,9 +89,10 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
     params: list[torch.Tensor] = []
     owners: list[nn.Module] = []
     modules: dict[str, nn.Module] = {}
+    types: list[type] = []  # read while each module is at hand: a later pass over many modules misses the cache
     spans: dict[str, tuple[int, int]] = {}
     flat_shapes: dict[int, torch.Size] = {}
-    add_name, add_param, add_owner = names.append, params.append, owners.append
+    add_name, add_param, add_owner, add_type = names.append, params.append, owners.append, types.append
     wrapper_free = _ALWAYS_WRAPPER_CHILDREN.isdisjoint
 
     def visit(prefix: str, module: nn.Module) -> None:
@@ -105,6 +106,7 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
                 return
         path = prefix[:-1]
         modules[path] = module
+        add_type(type(module))
         start = len(names)
         for pname, param in module._parameters.items():
             if param is not None:
@@ -120,6 +122,7 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
                 continue
             child_path = prefix + cname
             modules[child_path] = child
+            add_type(type(child))
             child_params = child._parameters
             if child_params:
                 child_start = len(names)
@@ -140,7 +143,7 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
         return None
     if len(set(map(id, params))) != len(params) or len(set(map(id, modules.values()))) != len(modules):
         return None
-    return names, params, owners, modules, spans, flat_shapes
+    return names, params, owners, modules, types, spans, flat_shapes
 
 
 def _walk(model: nn.Module) -> Walk:
@@ -150,6 +153,7 @@ def _walk(model: nn.Module) -> Walk:
     params: list[torch.Tensor] = []
     owners: list[nn.Module] = []
     modules: dict[str, nn.Module] = {}
+    types: list[type] = []
     spans: dict[str, tuple[int, int]] = {}
     flat_shapes: dict[int, torch.Size] = {}
     seen_params: set[int] = set()
@@ -175,6 +179,7 @@ def _walk(model: nn.Module) -> Walk:
             continue
         path = prefix[:-1]
         modules[path] = module
+        types.append(type(module))
         open_spans.append((path, len(names)))
         for pname, param in module._parameters.items():
             if param is None or id(param) in seen_params:
@@ -187,7 +192,7 @@ def _walk(model: nn.Module) -> Walk:
         children = [(prefix if cname in _ALWAYS_WRAPPER_CHILDREN else prefix + cname + ".", child)
                     for cname, child in module._modules.items() if child is not None]
         stack.extend(reversed(children))
-    return names, params, owners, modules, spans, flat_shapes
+    return names, params, owners, modules, types, spans, flat_shapes
 
 
 class ModelView:
@@ -201,25 +206,28 @@ class ModelView:
         owners: The module that owns each parameter, aligned with ``names``.
         modules: Normalized module path -> module, for every module under the root (wrappers left out).
             Use :meth:`span` for the parameters under a module.
+        module_types: The class of each module, aligned with ``modules`` (its insertion order): finding
+            modules by type is a search of this tuple rather than a pass over the modules.
         true_shapes: ``id(param)`` -> real shape, for the parameters whose tensor shows something else (FSDP1
             ``use_orig_params=True`` flat views); empty for ordinary models. :meth:`shape_of` reads it.
         cache: Scratch space for plugins, so that ``layerdecay_num_layers`` and ``layerdecay_layer_id``
             can share one analysis of the model. Key it by your plugin's name.
     """
 
-    __slots__ = ("_index", "_shapes", "_spans", "cache", "model", "modules", "names", "owners", "params",
-                 "true_shapes")
+    __slots__ = ("_index", "_shapes", "_spans", "cache", "model", "module_types", "modules", "names", "owners",
+                 "params", "true_shapes")
 
     def __init__(self, model: nn.Module) -> None:
         walk = _walk_unshared(model)
         if walk is None:  # a module or parameter is shared (or the tree has a cycle): the careful walk
             walk = _walk(model)
-        names, params, owners, modules, spans, flat_shapes = walk
+        names, params, owners, modules, types, spans, flat_shapes = walk
         self.model = unwrap(model)
         self.names: tuple[str, ...] = tuple(names)
         self.params: tuple[torch.Tensor, ...] = tuple(params)
         self.owners: tuple[nn.Module, ...] = tuple(owners)
         self.modules = modules
+        self.module_types: tuple[type, ...] = tuple(types)
         self.cache: dict[str, Any] = {}
         self._spans = spans
         self.true_shapes = flat_shapes

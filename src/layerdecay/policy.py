@@ -127,7 +127,7 @@ def _model_no_weight_decay(view: ModelView) -> tuple[frozenset[str], tuple[str, 
     names: set[str] = set()
     keywords: list[str] = []
     # Which classes define the lists, asked once per class: a deep model has many modules, few classes.
-    types = list(map(type, view.modules.values()))
+    types = view.module_types
     listing = [cls for cls in set(types) if any(_lists_of(cls))]
     if not listing:
         return frozenset(), ()
@@ -231,7 +231,7 @@ def _lines_with(text: str, needles: Iterable[str]) -> set[int]:
     return found
 
 
-def _positions_of(items: list[Any], value: Any) -> Iterator[int]:
+def _positions_of(items: Sequence[Any], value: Any) -> Iterator[int]:
     """Every index of ``value`` in ``items``, by C-level searches."""
     at = -1
     try:

@@ -223,7 +223,7 @@ def _as_stack(view: ModelView, path: str, module: nn.Module) -> _Stack | None:
 def _containers(view: ModelView) -> list[str]:
     """Paths of the ``ModuleList``/``Sequential`` modules, in tree order (found by type at C speed)."""
     modules = view.modules
-    types = list(map(type, modules.values()))
+    types = view.module_types
     kinds = [kind for kind in set(types) if issubclass(kind, _CONTAINER_TYPES)]
     if not kinds:
         return []
