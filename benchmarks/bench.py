@@ -30,15 +30,26 @@ Row = dict[str, Any]
 
 def median_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:
     """Median time of each function, run in turns (one warm-up each), so that a slow stretch of the machine
-    (another process, a frequency change) hits every contender alike rather than the one timed then."""
-    for fn in fns:
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, out in zip(fns, times, strict=True):
-            start = time.perf_counter()
+    (another process, a frequency change) hits every contender alike rather than the one timed then.
+
+    The cyclic garbage collector is paused while timing, as ``timeit`` does: otherwise a full collection
+    that earlier work made due lands in whichever contender happens to allocate next.
+    """
+    gc.collect()
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        for fn in fns:
             fn()
-            out.append(time.perf_counter() - start)
+        times: list[list[float]] = [[] for _ in fns]
+        for _ in range(repeats):
+            for fn, out in zip(fns, times, strict=True):
+                start = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - start)
+    finally:
+        if paused:
+            gc.enable()
     return [statistics.median(t) for t in times]
 
 
@@ -230,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["build"] = [build_case(label(a, kw), meta_model(a, **kw), repeats) for a, kw in build_models]
     results["scaling"] = scaling(depths, repeats)
     results["imports"] = import_costs(max(1, min(repeats, 5)))
-    results["step"] = step_case(step_depth, max(1, min(repeats, 5)))
+    results["step"] = step_case(step_depth, repeats)
     results["memory"] = memory_case(memory_depth)
 
     print(f"machine: {results['machine']}; median of {repeats} after a warm-up\n")

@@ -141,6 +141,10 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
         visit("", model)
     except RecursionError:
         return None
+    finally:
+        # ``visit`` calls itself through its closure: a reference cycle that would keep everything the walk
+        # built alive until the cyclic collector ran. Unbinding it lets reference counting free it now.
+        visit = None  # type: ignore[assignment]
     if len(set(map(id, params))) != len(params) or len(set(map(id, modules.values()))) != len(modules):
         return None
     return names, params, owners, modules, types, spans, flat_shapes
