@@ -294,10 +294,11 @@ def claims_three(model):
     return 3
 
 
+@pytest.mark.parametrize("good_id", [0, 1])  # True and 1.0 are equal to 1: they must not hide behind it
 @pytest.mark.parametrize("bad_id", [3, 7, -1, True, 1.0, "1", None])
-def test_layer_id_out_of_range_or_wrong_type_names_plugin_and_parameter(net, host, bad_id):
+def test_layer_id_out_of_range_or_wrong_type_names_plugin_and_parameter(net, host, bad_id, good_id):
     rule = plugin("bad-ids", layerdecay_num_layers=claims_three,
-                  layerdecay_layer_id=lambda: (lambda name: bad_id if name == "blocks.1.fc.weight" else 0))
+                  layerdecay_layer_id=lambda: (lambda name: bad_id if name == "blocks.1.fc.weight" else good_id))
     with pytest.raises(PluginError) as info:
         layerdecay.explain(net, plugins=[rule], host=host)
     assert info.value.plugin == "bad-ids"

@@ -254,8 +254,8 @@ def _plan_buckets(
     hyperparameters, and its policy outcome (with the reason) is recorded for the rows.
 
     This is the hot path of every plan, so it works a column at a time rather than a parameter at a time:
-    the layer-id function and each policy are mapped over all trainable parameters (at C speed where a
-    plugin hands back a dict lookup, and in bulk for a policy with ``decide_all``, as the core's has), the
+    the layer ids come as the plugin's list (or its function mapped over the names), each policy answers
+    for all trainable parameters at once (``decide_all``, as the core's does, or mapped at C speed), the
     answers are checked and combined once per distinct value, and a parameter then costs one append.
     """
     names, params, owners = view.names, view.params, view.owners
@@ -321,11 +321,8 @@ def _layer_ids(layer_fn: Any, layer_by: str, names: Sequence[str], positions: Se
             raise
         except Exception as exc:
             raise _plugin_raised(layer_by, "layerdecay_layer_id", exc) from exc
-    try:
-        valid = all(type(lid) is int and 0 <= lid < num_layers for lid in set(lids))  # few distinct ids
-    except TypeError:  # an unhashable answer
-        valid = False
-    if not valid:
+    # By type first: True and 1.0 are equal to 1, so a set of the ids alone would hide them.
+    if not lids or set(map(type, lids)) != {int} or min(lids) < 0 or max(lids) >= num_layers:
         for name, lid in zip(names, lids, strict=True):
             if type(lid) is not int or not 0 <= lid < num_layers:
                 raise _bad_layer_id(layer_by, name, lid, num_layers)
