@@ -226,3 +226,21 @@ def test_meaning_policy_answers_a_column_as_it_answers_each_parameter():
     assert [(d.weight_decay, d.reason) for n, d in zip(view.names, column, strict=True) if n in EXPECTED] == [
         EXPECTED[n] for n in view.names if n in EXPECTED
     ]
+
+
+def test_model_keywords_match_by_substring_the_empty_one_everything(bare_host):
+    class Keyworded(nn.Module):
+        def __init__(self, keywords: list[str]) -> None:
+            super().__init__()
+            self.keywords = keywords
+            self.attn = nn.Linear(4, 4)
+            self.mlp = nn.Linear(4, 4)
+
+        def no_weight_decay_keywords(self):
+            return self.keywords
+
+    plan = layerdecay.explain(Keyworded(["attn"]), layer_decay=1.0, host=bare_host)
+    assert plan.row("attn.weight").reason == "model.no_weight_decay()" and plan.row("attn.weight").weight_decay == 0.0
+    assert plan.row("mlp.weight").weight_decay == 0.05
+    everything = layerdecay.explain(Keyworded([""]), layer_decay=1.0, host=bare_host)
+    assert all(r.weight_decay == 0.0 for r in everything.rows)
