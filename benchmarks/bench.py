@@ -2,8 +2,9 @@
 
 Run ``python benchmarks/bench.py`` for the full table (a few minutes on 2 cores), ``--quick`` for a smoke
 run (seconds; the test suite runs it once so this file never rots), ``--json FILE`` to keep the numbers.
-Every time is the median of ``--repeats`` runs after one warm-up, all in this one process, so the ratios
-compare like with like. Models are built on the ``meta`` device unless a step is timed.
+Every time is a median over two turns of ``--repeats`` calls after warm-up calls (see :func:`median_times`),
+all in this one process, so the ratios compare like with like. Models are built on the ``meta`` device unless
+a step is timed.
 """
 
 from __future__ import annotations
@@ -28,28 +29,30 @@ import layerdecay
 Row = dict[str, Any]
 
 
-def median_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Median time of each function, run in turns (one warm-up each), so that a slow stretch of the machine
-    (another process, a frequency change) hits every contender alike rather than the one timed then.
+WARM_UP_CALLS = 3
 
-    The cyclic garbage collector is paused while timing, as ``timeit`` does: otherwise a full collection
-    that earlier work made due lands in whichever contender happens to allocate next.
+
+def median_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median time of each function: calls in a row after a warm-up, as a microbenchmark times one thing at
+    a time (calls of another contender in between would evict its code and data from the caches). To even
+    out a slow stretch of the machine, the contenders take two turns, in order and then in reverse, each
+    with ``repeats`` timed calls, and each median is over both turns.
+
+    The garbage collector runs as it does in a training script; one collection first makes sure none is
+    owed to earlier work (a collection right before a contender would leave it running cold for a while).
     """
     gc.collect()
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        for fn in fns:
-            fn()
-        times: list[list[float]] = [[] for _ in fns]
-        for _ in range(repeats):
-            for fn, out in zip(fns, times, strict=True):
+    times: list[list[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
+    for turn in (order, order[::-1]):
+        for i in turn:
+            fn, out = fns[i], times[i]
+            for _ in range(WARM_UP_CALLS):
+                fn()
+            for _ in range(repeats):
                 start = time.perf_counter()
                 fn()
                 out.append(time.perf_counter() - start)
-    finally:
-        if paused:
-            gc.enable()
     return [statistics.median(t) for t in times]
 
 
@@ -244,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["step"] = step_case(step_depth, repeats)
     results["memory"] = memory_case(memory_depth)
 
-    print(f"machine: {results['machine']}; median of {repeats} after a warm-up\n")
+    print(f"machine: {results['machine']}; median of 2 turns x {repeats} calls per contender, each turn after "
+          f"{WARM_UP_CALLS} untimed\n")
     print("plan time (param_groups; floor = listing named_parameters and reading shapes)")
     print(table(results["plan"], ["case", "tensors", "owner", "floor_ms", "ours_ms", "timm_ms", "nwd_ms",
                                   "ours_vs_floor", "explain_vs_floor", "timm_vs_floor", "timm_vs_ours", "our_groups",

@@ -200,3 +200,11 @@ def test_many_groups_with_an_overridden_add_param_group_build_the_ordinary_way(t
     assert [g["group_name"] for g in opt.param_groups] == [g["group_name"] for g in groups]
     assert [g["param_names"] for g in opt.param_groups] == [[n for n, _ in g["params"]] for g in groups]
     assert CountingSGD.added == 1 + len(groups)  # the probe's one group, then every group through the override
+
+
+def test_a_non_leaf_tensor_is_named_in_the_error(tiny, tiny_host):
+    """torch refuses to optimize a non-leaf tensor; appended groups are checked alike, naming the parameter."""
+    source = torch.ones(3, requires_grad=True)
+    tiny.head._parameters["bias"] = source * 2  # a computed tensor where a parameter should be
+    with pytest.raises(layerdecay.ConfigError, match=r"parameter 'head.bias' is a non-leaf tensor"):
+        layerdecay.build_optimizer(tiny, "adamw", lr=0.1, host=tiny_host)

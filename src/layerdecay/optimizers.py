@@ -12,6 +12,7 @@ import difflib
 import functools
 import inspect
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -23,6 +24,7 @@ from layerdecay.errors import ConfigError, UnknownOptimizerError
 __all__ = ["create_optimizer", "torch_optimizers"]
 
 TIMM_PREFIX = "timm:"
+_IS_LEAF = attrgetter("is_leaf")
 
 
 @functools.cache
@@ -116,15 +118,17 @@ def _append_planned_group(optimizer: torch.optim.Optimizer, group: dict[str, Any
     proof is redundant here; everything else (names, leaf check, defaults, required options) is kept.
     """
     params = list(group["params"])
+    names: list[str] | None = None
     if params and isinstance(params[0], tuple):
-        group["param_names"] = [name for name, _ in params]
-        params = [p for _, p in params]
+        names, params = map(list, zip(*params, strict=True))
+        group["param_names"] = names
     group["params"] = params
-    differentiable = optimizer.defaults.get("differentiable", None)
-    for p in params:
-        if not differentiable and not (p.is_leaf or p.retains_grad):
-            raise ConfigError(f"parameter {group.get('group_name', '')!r} holds a non-leaf tensor, which no "
-                              "optimizer can update; plan the model's own parameters.")
+    if not optimizer.defaults.get("differentiable", None) and not all(map(_IS_LEAF, params)):
+        for i, p in enumerate(params):
+            if not (p.is_leaf or p.retains_grad):
+                which = repr(names[i]) if names else f"#{i} of param group {group.get('group_name', '')!r}"
+                raise ConfigError(f"parameter {which} is a non-leaf tensor, which no optimizer can update; "
+                                  "plan the model's own parameters.")
     for key, default in optimizer.defaults.items():
         if default is required and key not in group:
             raise ConfigError(f"param group {group.get('group_name')!r} has no value for the required option "
