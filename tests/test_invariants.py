@@ -190,6 +190,33 @@ def test_a_module_tree_with_a_cycle_lists_each_module_once():
     assert list(view.names) == [n for n, _ in root.named_parameters()]
 
 
+class _AllEqual(nn.Linear):
+    """Modules that call every module of their class equal and hash alike."""
+
+    def __eq__(self, other):
+        return isinstance(other, _AllEqual)
+
+    def __hash__(self):
+        return 0
+
+
+class _Unhashable(nn.Linear):
+    def __eq__(self, other):  # defining __eq__ alone leaves the class unhashable
+        return self is other
+
+
+@pytest.mark.parametrize("kind", [_AllEqual, _Unhashable])
+def test_modules_are_told_apart_by_identity_whatever_their_equality_or_hash(kind):
+    """(torch's own ``named_modules()`` would merge the first kind's modules and fail on the second's.)"""
+    view = layerdecay.ModelView(nn.Sequential(kind(2, 2), kind(3, 3)))
+    assert list(view.modules) == ["", "0", "1"]
+    assert view.names == ("0.weight", "0.bias", "1.weight", "1.bias")
+    shared = kind(2, 2)
+    view = layerdecay.ModelView(nn.Sequential(kind(2, 2), kind(2, 2), nn.Sequential(shared), shared))
+    assert list(view.modules) == ["", "0", "1", "2", "2.0"]  # the shared one where first seen
+    assert view.names == ("0.weight", "0.bias", "1.weight", "1.bias", "2.0.weight", "2.0.bias")
+
+
 def test_planning_leaves_no_cyclic_garbage(tiny, tiny_host):
     """Everything a plan builds is freed by reference counting, so planning a large model in a loop never
     hands work (or memory) to the cyclic collector."""

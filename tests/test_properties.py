@@ -208,6 +208,7 @@ if pytest is not None:
         model = build_model(seed)
         view = layerdecay.ModelView(model)
         assert list(view.names) == [n for n, _ in model.named_parameters()]
+        assert view.local_names == tuple(n.rpartition(".")[2] for n in view.names)
         assert [id(p) for p in view.params] == [id(p) for p in model.parameters()]
         assert list(view.modules) == [n for n, _ in model.named_modules()]
         assert view.module_types == tuple(type(m) for _, m in model.named_modules())

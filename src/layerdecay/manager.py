@@ -112,6 +112,7 @@ class PluginHost:
         self._pm = pm
         self._infos = tuple(infos)
         self._sources = {info.name: info.source for info in self._infos}
+        self._failed = tuple(info for info in self._infos if info.status == "failed")
         self._call_order: dict[str, tuple[Any, ...]] = {}
         for spec_name in ("layerdecay_num_layers", "layerdecay_layer_id", "layerdecay_param_policy",
                           "layerdecay_lr_scale"):
@@ -128,7 +129,7 @@ class PluginHost:
 
     def raise_for_failures(self) -> None:
         """Raise :class:`PluginError` if an installed plugin failed to load."""
-        failed = [info for info in self._infos if info.status == "failed"]
+        failed = self._failed
         if failed:
             lines = "\n".join(f"  - {info.error}" for info in failed)
             raise PluginError(f"{len(failed)} layerdecay plugin(s) failed to load:\n{lines}",
@@ -155,7 +156,7 @@ class PluginHost:
 
     def _call(self, impl: Any, hook: str, kwargs: dict[str, Any]) -> Any:
         try:
-            return impl.function(*[kwargs[arg] for arg in impl.argnames])
+            return impl.function(*map(kwargs.__getitem__, impl.argnames))
         except LayerDecayError:
             raise
         except Exception as exc:

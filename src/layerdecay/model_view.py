@@ -7,9 +7,9 @@ exactly the plan of the bare model, and saved optimizer state carries names that
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ _ALWAYS_WRAPPER_CHILDREN = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_che
 _MODULE_CHILD = "module"
 _WRAPPER_COMPONENTS = _ALWAYS_WRAPPER_CHILDREN | {_MODULE_CHILD}
 _SHAPE = attrgetter("shape")
+_EMPTY = range(0)
 
 
 def _wrapped_child(module: nn.Module) -> nn.Module | None:
@@ -73,8 +74,17 @@ def strip_wrapper_prefixes(name: str) -> str:
     return ".".join(p for p in parts[lead:] if p not in _ALWAYS_WRAPPER_CHILDREN)
 
 
-Walk = tuple[list[str], list[torch.Tensor], list[nn.Module], dict[str, nn.Module], list[type],
-             dict[str, tuple[int, int]], dict[int, torch.Size]]
+class Walk(NamedTuple):
+    """What a walk lists; the lists are aligned with ``names``, ``types`` with ``modules``."""
+
+    names: list[str]
+    local_names: list[str]
+    params: list[torch.Tensor]
+    owners: list[nn.Module]
+    modules: dict[str, nn.Module]
+    types: list[type]
+    spans: dict[str, range]
+    flat_shapes: dict[int, torch.Size]
 
 
 def _walk_unshared(model: nn.Module) -> Walk | None:
@@ -86,13 +96,15 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
     cycle) it answers None and the caller takes :func:`_walk`.
     """
     names: list[str] = []
+    local_names: list[str] = []
     params: list[torch.Tensor] = []
     owners: list[nn.Module] = []
     modules: dict[str, nn.Module] = {}
     types: list[type] = []  # read while each module is at hand: a later pass over many modules misses the cache
-    spans: dict[str, tuple[int, int]] = {}
+    spans: dict[str, range] = {}
     flat_shapes: dict[int, torch.Size] = {}
-    add_name, add_param, add_owner, add_type = names.append, params.append, owners.append, types.append
+    add_name, add_local, add_param, add_owner = names.append, local_names.append, params.append, owners.append
+    add_type, span = types.append, range
     wrapper_free = _ALWAYS_WRAPPER_CHILDREN.isdisjoint
 
     def visit(prefix: str, module: nn.Module) -> None:
@@ -111,6 +123,7 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
         for pname, param in module._parameters.items():
             if param is not None:
                 add_name(prefix + pname)
+                add_local(pname)
                 add_param(param)
                 add_owner(module)
         plain = wrapper_free(children)
@@ -130,12 +143,13 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
                 for pname, param in child_params.items():
                     if param is not None:
                         add_name(child_prefix + pname)
+                        add_local(pname)
                         add_param(param)
                         add_owner(child)
                 if len(names) > child_start:
-                    spans[child_path] = (child_start, len(names))
+                    spans[child_path] = span(child_start, len(names))
         if len(names) > start:
-            spans[path] = (start, len(names))
+            spans[path] = span(start, len(names))
 
     try:
         visit("", model)
@@ -145,20 +159,32 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
         # ``visit`` calls itself through its closure: a reference cycle that would keep everything the walk
         # built alive until the cyclic collector ran. Unbinding it lets reference counting free it now.
         visit = None  # type: ignore[assignment]
-    if len(set(map(id, params))) != len(params) or len(set(map(id, modules.values()))) != len(modules):
+    if len(set(map(id, params))) != len(params) or not _all_distinct(modules.values()):
         return None
-    return names, params, owners, modules, types, spans, flat_shapes
+    return Walk(names, local_names, params, owners, modules, types, spans, flat_shapes)
+
+
+def _all_distinct(modules: Collection[nn.Module]) -> bool:
+    """Whether no module appears twice. Modules hash by identity unless their class says otherwise, and a set
+    of them is then built without an int per module (four times faster than by ``id``). A class whose own
+    equality makes two of its modules equal only sends the walk the careful way; one whose hash or equality
+    fails is counted by ``id``."""
+    try:
+        return len(set(modules)) == len(modules)
+    except Exception:
+        return len(set(map(id, modules))) == len(modules)
 
 
 def _walk(model: nn.Module) -> Walk:
     """The walk for models that share modules or parameters: each is listed once, where first seen,
     as ``named_parameters()`` and ``named_modules()`` do."""
     names: list[str] = []
+    local_names: list[str] = []
     params: list[torch.Tensor] = []
     owners: list[nn.Module] = []
     modules: dict[str, nn.Module] = {}
     types: list[type] = []
-    spans: dict[str, tuple[int, int]] = {}
+    spans: dict[str, range] = {}
     flat_shapes: dict[int, torch.Size] = {}
     seen_params: set[int] = set()
     seen_modules: set[int] = set()
@@ -170,7 +196,7 @@ def _walk(model: nn.Module) -> Walk:
         if module is None:  # the end of a module's subtree: close its span
             path, start = open_spans.pop()
             if len(names) > start:
-                spans[path] = (start, len(names))
+                spans[path] = range(start, len(names))
             continue
         if id(module) in seen_modules:
             continue
@@ -190,13 +216,14 @@ def _walk(model: nn.Module) -> Walk:
                 continue
             seen_params.add(id(param))
             names.append(prefix + pname)
+            local_names.append(pname)
             params.append(param)
             owners.append(module)
         stack.append((prefix, None))
         children = [(prefix if cname in _ALWAYS_WRAPPER_CHILDREN else prefix + cname + ".", child)
                     for cname, child in module._modules.items() if child is not None]
         stack.extend(reversed(children))
-    return names, params, owners, modules, types, spans, flat_shapes
+    return Walk(names, local_names, params, owners, modules, types, spans, flat_shapes)
 
 
 class ModelView:
@@ -206,6 +233,8 @@ class ModelView:
         model: The unwrapped root module (``model.module``/``_orig_mod``/... peeled).
         names: Normalized names of every parameter, frozen ones included, in registration order,
             each shared (tied) parameter once.
+        local_names: Each parameter's own name in its module (the last component of its name: ``weight``,
+            ``cls_token``), aligned with ``names``.
         params: The parameters, aligned with ``names``.
         owners: The module that owns each parameter, aligned with ``names``.
         modules: Normalized module path -> module, for every module under the root (wrappers left out).
@@ -218,16 +247,17 @@ class ModelView:
             can share one analysis of the model. Key it by your plugin's name.
     """
 
-    __slots__ = ("_index", "_shapes", "_spans", "cache", "model", "module_types", "modules", "names", "owners",
-                 "params", "true_shapes")
+    __slots__ = ("_index", "_shapes", "_spans", "cache", "local_names", "model", "module_types", "modules", "names",
+                 "owners", "params", "true_shapes")
 
     def __init__(self, model: nn.Module) -> None:
         walk = _walk_unshared(model)
         if walk is None:  # a module or parameter is shared (or the tree has a cycle): the careful walk
             walk = _walk(model)
-        names, params, owners, modules, types, spans, flat_shapes = walk
+        names, local_names, params, owners, modules, types, spans, flat_shapes = walk
         self.model = unwrap(model)
         self.names: tuple[str, ...] = tuple(names)
+        self.local_names: tuple[str, ...] = tuple(local_names)
         self.params: tuple[torch.Tensor, ...] = tuple(params)
         self.owners: tuple[nn.Module, ...] = tuple(owners)
         self.modules = modules
@@ -263,8 +293,7 @@ class ModelView:
         walk of the subtree. A shared (tied) parameter counts where it was first seen. Empty for a module
         without parameters, or an unknown path.
         """
-        start, stop = self._spans.get(path, (0, 0))
-        return range(start, stop)
+        return self._spans.get(path, _EMPTY)
 
     def shape_of(self, param: torch.Tensor) -> torch.Size:
         """The real, full shape of a parameter: DTensor shards report their global shape, and FSDP1 flat views

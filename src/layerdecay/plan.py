@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from itertools import chain
 from typing import Any, Literal, NamedTuple
 
@@ -172,7 +172,7 @@ class Plan:
                 ids = tuple(sorted({b.layer_id for b in parts}))
                 extras = {b.extra for b in parts}
                 extra = next(iter(extras)) if len(extras) == 1 else None
-            out.append((ids, mult, wd, extra, members, format_group_name(ids, wd > 0.0, extra)))
+            out.append((ids, mult, wd, extra, members, _group_name(ids, wd > 0.0, extra)))
         out.sort(key=lambda g: (g[0][0], g[2] == 0.0, g[1]))
         return out
 
@@ -325,3 +325,7 @@ def format_group_name(layer_ids: Sequence[int], decay: bool, lr_mult_extra: floa
     if lr_mult_extra is not None and lr_mult_extra != 1.0:
         name += f"_x{lr_mult_extra:g}"
     return name
+
+
+# The same few names come back plan after plan (layer_3_decay, ...): formatted once each.
+_group_name = lru_cache(maxsize=4096)(format_group_name)

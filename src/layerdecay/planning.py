@@ -19,20 +19,22 @@ from layerdecay.manager import PluginHost, default_host, disable_hint
 from layerdecay.model_view import ModelView
 from layerdecay.patterns import PatternSet
 from layerdecay.plan import Bucket, Plan, Resolved
-from layerdecay.policy import Decision, Policy
+from layerdecay.policy import Decision, MeaningPolicy, Policy
 from layerdecay.recipes import select_recipe
 from layerdecay.validation import ParamFact, PlanFacts, check_plan
 
 __all__ = ["make_plan", "check_number"]
 
 _REQUIRES_GRAD = attrgetter("requires_grad")
+_MEMBERS = attrgetter("members")
 
 
 def check_number(name: str, value: Any, *, minimum: float | None = None, exclusive: bool = False,
                  maximum: float | None = None) -> float:
     """``value`` as a finite float within bounds, or :class:`ConfigError` naming ``name``."""
     hint = _NUMBER_HINTS.get(name, "")
-    if isinstance(value, bool) or not isinstance(value, Real):
+    # float and int first: the abstract Real check is slow, and every plan checks four numbers.
+    if type(value) is not float and type(value) is not int and (isinstance(value, bool) or not isinstance(value, Real)):
         raise ConfigError(f"{name} must be a number, got {value!r} ({type(value).__name__}).{hint}")
     number = float(value)
     if not math.isfinite(number):
@@ -183,7 +185,7 @@ def make_plan(
     names, tensors = view.names, view.params
     notes = check_plan(PlanFacts(
         model_name=type(view.model).__name__, num_layers=num_layers, layer_decay=layer_decay, owner=owner,
-        rivals=rivals, fallback=fallback, trainable=sum(len(b.members) for b in buckets),
+        rivals=rivals, fallback=fallback, trainable=sum(map(len, map(_MEMBERS, buckets))),
         used_layer_ids={b.layer_id for b in buckets},
         top_params=[ParamFact(names[i], tuple(view.shape_of(tensors[i])), top)
                     for b in buckets if b.layer_id == top for i in b.members],
@@ -330,10 +332,13 @@ def _layer_ids(layer_fn: Any, layer_by: str, names: Sequence[str], positions: Se
 
 
 def _answers(plugin: str, policy: Policy, names: Sequence[str], params: Sequence[Any], owners: Sequence[Any]
-             ) -> list[Any]:
-    """One policy's answer for every parameter (their types are checked by :func:`_outcomes`)."""
-    decide_all = getattr(policy, "decide_all", None)
+             ) -> tuple[list[Any], list[int]]:
+    """One policy's distinct answers (their types are checked by :func:`_outcomes`) and, for each parameter,
+    the index of its answer among them."""
     try:
+        if isinstance(policy, MeaningPolicy):
+            return policy.decide_distinct(names, params, owners)
+        decide_all = getattr(policy, "decide_all", None)
         if decide_all is not None:
             answers = list(decide_all(names, params, owners))
         else:
@@ -348,32 +353,34 @@ def _answers(plugin: str, policy: Policy, names: Sequence[str], params: Sequence
             "of the policy it returned from layerdecay_param_policy; the contract is one per parameter.",
             plugin=plugin,
         )
-    return answers
+    # Policies answer with shared Decision objects: alike answers are told by identity, at C speed.
+    ids = list(map(id, answers))
+    distinct = dict(zip(ids, answers, strict=True))
+    index = dict(zip(distinct, range(len(distinct)), strict=True))
+    return list(distinct.values()), list(map(index.__getitem__, ids))
 
 
 def _outcomes(view: ModelView, policies: list[tuple[str, Policy]], names: Sequence[str], params: Sequence[Any],
               owners: Sequence[Any]) -> tuple[list[Resolved], list[int]]:
     """The distinct policy outcomes, and for each parameter the index of its outcome among them.
 
-    Policies answer with shared Decision objects, so the answers of all policies are combined once per
-    distinct tuple of answers, not once per parameter. Only where no policy decided weight decay does the
-    parameter's own rank decide, one parameter at a time.
+    The answers of all policies are combined once per distinct tuple of answers, not once per parameter.
+    Only where no policy decided weight decay does the parameter's own rank decide, one parameter at a time.
     """
     plugins = [plugin for plugin, _ in policies]
     columns = [_answers(plugin, policy, names, params, owners) for plugin, policy in policies]
-    ids = [list(map(id, column)) for column in columns]
-    # Each distinct key, in order of first appearance, with its answers (the same objects wherever it occurs).
-    keys: list[Any]
-    if len(columns) == 1:
-        keys = ids[0]
-        answers_of: dict[Any, tuple[Any, ...]] = {k: (a,) for k, a in dict(zip(keys, columns[0], strict=True)).items()}
-    else:
-        keys = list(zip(*ids, strict=True))
-        answers_of = dict(zip(keys, zip(*columns, strict=True), strict=True))
-    for key, answers in answers_of.items():
-        for plugin, answer in zip(plugins, answers, strict=True):
+    for plugin, (distinct, codes) in zip(plugins, columns, strict=True):
+        for answer in distinct:
             if answer is not None and not isinstance(answer, Decision):
-                raise _bad_decision(plugin, names[keys.index(key)], answer)
+                raise _bad_decision(plugin, names[codes.index(distinct.index(answer))], answer)
+    # Each distinct combination of answers (a tuple of answer indices, one per policy), in order of first
+    # appearance, and the combination of each parameter.
+    if len(columns) == 1:
+        only, keys = columns[0]
+        combinations: dict[Any, tuple[Any, ...]] = {k: (a,) for k, a in enumerate(only)}
+    else:
+        keys = list(zip(*(codes for _, codes in columns), strict=True))
+        combinations = {key: tuple(d[k] for (d, _), k in zip(columns, key, strict=True)) for key in dict.fromkeys(keys)}
     outcomes: list[Resolved] = []
     interned: dict[Resolved, int] = {}
 
@@ -385,7 +392,7 @@ def _outcomes(view: ModelView, policies: list[tuple[str, Policy]], names: Sequen
         return found
 
     code_of: dict[Any, int] = {}
-    for key, answers in answers_of.items():
+    for key, answers in combinations.items():
         resolved = _combine(answers, plugins)
         code_of[key] = -1 if resolved is None else code(resolved)
     codes = list(map(code_of.__getitem__, keys))
@@ -394,7 +401,8 @@ def _outcomes(view: ModelView, policies: list[tuple[str, Policy]], names: Sequen
         for i in [i for i, c in enumerate(codes) if c == -1]:
             param = params[i]
             by_ndim = (len(true_shapes[id(param)]) if id(param) in true_shapes else param.ndim) > 1
-            codes[i] = code(_combine([column[i] for column in columns], plugins, by_ndim))  # type: ignore[arg-type]
+            answers = [distinct[column_codes[i]] for distinct, column_codes in columns]
+            codes[i] = code(_combine(answers, plugins, by_ndim))  # type: ignore[arg-type]
     return outcomes, codes
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress, repeat
-from operator import attrgetter, itemgetter, not_
+from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
 import torch
@@ -25,6 +25,7 @@ __all__ = ["Decision", "MeaningPolicy", "Policy", "meaning_policy", "is_norm_mod
 
 _LAST = itemgetter(2)
 _NDIM = attrgetter("ndim")
+_UNDECIDED = -1
 
 
 class Decision(NamedTuple):
@@ -147,17 +148,18 @@ def _model_no_weight_decay(view: ModelView) -> tuple[frozenset[str], tuple[str, 
 class MeaningPolicy:
     """The core's default policy for one model: weight decay by meaning (see the module docstring).
 
-    Called as ``policy(name, param, module)`` like any policy; the planner calls :meth:`decide_all`, which
+    Called as ``policy(name, param, module)`` like any policy; the planner calls :meth:`decide_distinct`, which
     gives the same answers for a whole column of parameters at once. Most parameters are decided by their
     owner's type or their own local name, so those are looked up once per distinct type and name; only the
     rest (the weights of plain layers, mostly) are read by full name and rank.
     """
 
-    __slots__ = ("_keywords", "_listed", "_true_shapes")
+    __slots__ = ("_keywords", "_listed", "_true_shapes", "_view_locals", "_view_names")
 
     def __init__(self, view: ModelView) -> None:
         self._listed, self._keywords = _model_no_weight_decay(view)
         self._true_shapes = view.true_shapes
+        self._view_names, self._view_locals = view.names, view.local_names
 
     def __call__(self, name: str, param: torch.Tensor, module: nn.Module) -> Decision:
         return self.decide_all((name,), (param,), (module,))[0]
@@ -165,22 +167,49 @@ class MeaningPolicy:
     def decide_all(self, names: Sequence[str], params: Sequence[torch.Tensor], modules: Sequence[nn.Module]
                    ) -> list[Decision]:
         """The decision for each parameter (aligned sequences of names, tensors and owning modules)."""
-        locals_ = list(map(_LAST, map(str.rpartition, names, repeat("."))))
-        by_local = {local: _decision_by_local_name(local) for local in set(locals_)}
-        answers: list[Decision | None] = list(map(by_local.__getitem__, locals_))
+        decisions, codes = self.decide_distinct(names, params, modules)
+        return list(map(decisions.__getitem__, codes))
+
+    def decide_distinct(self, names: Sequence[str], params: Sequence[torch.Tensor], modules: Sequence[nn.Module]
+                        ) -> tuple[list[Decision], list[int]]:
+        """:meth:`decide_all` as the distinct decisions and, for each parameter, the index of its own among
+        them: what the planner works with, without a lookup per parameter to find which answers are alike."""
+        decisions: list[Decision] = []
+        code_of: dict[int, int] = {}  # id(decision) -> its index in decisions
+
+        def code(decision: Decision) -> int:
+            found = code_of.get(id(decision))
+            if found is None:
+                found = code_of[id(decision)] = len(decisions)
+                decisions.append(decision)
+            return found
+
+        # The planner asks about the view's own names when every parameter trains: their local names are known.
+        locals_: Sequence[str]
+        if names is self._view_names:
+            locals_ = self._view_locals
+        else:
+            locals_ = list(map(_LAST, map(str.rpartition, names, repeat("."))))
+        # Each distinct local name's decision, or _UNDECIDED where the name settles nothing.
+        by_local = {local: _UNDECIDED if (d := _decision_by_local_name(local)) is None else code(d)
+                    for local in set(locals_)}
+        codes = list(map(by_local.__getitem__, locals_))
         # A normalization module's parameters are decided by its type, whatever their names.
         types = list(map(type, modules))
         for module_type in set(types):
             norm = _norm_decision(module_type)
             if norm is not None:
+                norm_code = code(norm)
                 for i in _positions_of(types, module_type):
-                    answers[i] = norm
-        pending = list(compress(range(len(answers)), map(not_, answers)))
-        if pending:
+                    codes[i] = norm_code
+        if _UNDECIDED in by_local.values():
+            pending = list(compress(range(len(codes)), map(_UNDECIDED.__eq__, codes)))
             decided = self._by_name_and_rank([names[i] for i in pending], [params[i] for i in pending])
-            for i, decision in zip(pending, decided, strict=True):
-                answers[i] = decision
-        return answers  # type: ignore[return-value]
+            ids = list(map(id, decided))  # a few shared decisions: coded once each
+            code_by_id = {key: code(decision) for key, decision in dict(zip(ids, decided, strict=True)).items()}
+            for i, decision_code in zip(pending, map(code_by_id.__getitem__, ids), strict=True):
+                codes[i] = decision_code
+        return decisions, codes
 
     def _by_name_and_rank(self, names: list[str], params: list[torch.Tensor]) -> list[Decision]:
         """Decisions for parameters that neither their module type nor their local name settles.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import NamedTuple
 
 from layerdecay._text import listed
@@ -30,8 +30,7 @@ class ParamFact(NamedTuple):
     layer_id: int
 
 
-@dataclass(frozen=True)
-class PlanFacts:
+class PlanFacts(NamedTuple):
     """Everything the checks look at, gathered by the planner without a second pass over the model.
 
     Attributes:
@@ -63,7 +62,7 @@ class PlanFacts:
     used_layer_ids: Collection[int] = ()
     top_params: Sequence[ParamFact] = ()
     all_layer_ids: Collection[int] | Callable[[], Collection[int]] | None = None
-    unused_patterns: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    unused_patterns: Mapping[str, Sequence[str]] = MappingProxyType({})
     clamped: Sequence[int] = ()
     min_scale: float = 0.0
     scales: Sequence[float] = ()
@@ -86,7 +85,7 @@ def looks_like_embedding(name: str, shape: Sequence[int]) -> bool:
     attention state, not embeddings.
     """
     lowered = name.lower()
-    if any(marker in lowered for marker in _RELATIVE_POSITION):
+    if any(map(lowered.__contains__, _RELATIVE_POSITION)):
         return False
     if _EMBED_PIECE.search(lowered):
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import layerdecay
 from layerdecay.testing import model_from_params
 
 timm = pytest.importorskip("timm")
@@ -99,7 +100,8 @@ def test_synthetic_depth_1000(plan, fixture_params):
     tail = [e for e in entries if e[0].startswith(("fc_norm", "head"))]
     blocks = [[f"blocks.{i}." + n.split(".", 2)[2], s, g] for i in range(1000) for n, s, g in block]
     model = model_from_params(stem + blocks + tail, module_types={r".*norm\w*": "LayerNorm"})
-    result = plan(model)
+    with pytest.warns(layerdecay.LayerDecayWarning, match="effectively do not train"):  # 0.75 ** 1000
+        result, timm_recipe = plan(model), plan(model, "timm")
     assert result.num_layers == 1002
     rows = {row.name: row for row in result.rows}
     assert rows["blocks.999.attn.qkv.weight"].layer_id == 1000
@@ -107,11 +109,9 @@ def test_synthetic_depth_1000(plan, fixture_params):
     assert rows["head.weight"].layer_id == 1001
     assert rows["pos_embed"].layer_id == 0
     assert rows["blocks.999.attn.qkv.weight"].lr_mult == pytest.approx(0.75)
-    assert plan(model, "timm").num_layers == 1002
+    assert timm_recipe.num_layers == 1002
 
 
 def test_unknown_recipe(plan, meta):
-    import layerdecay
-
     with pytest.raises(layerdecay.UnknownRecipeError, match="'mae', 'beit', 'timm'"):
         plan(meta("vit_tiny_patch16_224"), "official")
