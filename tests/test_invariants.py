@@ -232,3 +232,41 @@ def test_planning_leaves_no_cyclic_garbage(tiny, tiny_host):
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_the_collector_is_paused_over_each_call_and_resumed_after(tiny, tiny_host):
+    """Planning and building run as one burst without cyclic collections; the collector's state comes back
+    as it was, also when the call fails, and a paused collector stays paused."""
+    import gc
+
+    seen = []
+
+    class Probe:  # asked while planning
+        @layerdecay.hookimpl
+        def layerdecay_lr_scale(self, num_layers):
+            seen.append(gc.isenabled())
+            return [1.0] * num_layers
+
+    class ProbedSGD(torch.optim.SGD):  # built after planning, in the same call
+        def __init__(self, params, **kwargs):
+            seen.append(gc.isenabled())
+            super().__init__(params, **kwargs)
+
+    class Broken:
+        @layerdecay.hookimpl
+        def layerdecay_lr_scale(self, num_layers):
+            raise RuntimeError("boom")
+
+    assert gc.isenabled()
+    layerdecay.param_groups(tiny, lr=0.1, host=tiny_host, plugins=[Probe()])
+    layerdecay.build_optimizer(tiny, ProbedSGD, lr=0.1, host=tiny_host, plugins=[Probe()])
+    assert seen == [False, False, False] and gc.isenabled()
+    with pytest.raises(layerdecay.PluginError, match="boom"):
+        layerdecay.build_optimizer(tiny, "sgd", lr=0.1, host=tiny_host, plugins=[Broken()])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        layerdecay.param_groups(tiny, lr=0.1, host=tiny_host)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

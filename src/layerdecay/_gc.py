@@ -2,7 +2,9 @@
 
 Each burst would trigger full cyclic-GC passes over every object of the model (a deep model holds hundreds
 of thousands), which can cost more than the planning itself; nothing planning creates is cyclic garbage.
-So the collector is paused for the duration, and resumed after (only if it was running).
+So the collector is paused for the duration, and resumed after (only if it was running). The build API pauses
+it over each whole call: resumed between planning and building the groups, it would find its allocation count
+far past the threshold and run at once, over the plan and often over the whole model.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from layerdecay._gc import gc_paused
 from layerdecay.errors import ConfigError
 from layerdecay.manager import PluginHost
 from layerdecay.optimizers import check_optimizer_name, create_optimizer
@@ -61,6 +62,7 @@ def _check_scale_mode(scale_mode: object) -> None:
         raise ConfigError(f"scale_mode must be one of {', '.join(map(repr, SCALE_MODES))}, got {scale_mode!r}.")
 
 
+@gc_paused
 def param_groups(
     model: nn.Module,
     lr: float,
@@ -94,6 +96,7 @@ def param_groups(
     return plan.param_groups(lr, scale_mode=scale_mode, named=named)
 
 
+@gc_paused
 def build_optimizer(
     model: nn.Module,
     optimizer: str | Callable[..., torch.optim.Optimizer] = "adamw",
