@@ -212,6 +212,11 @@ if pytest is not None:
         assert [id(p) for p in view.params] == [id(p) for p in model.parameters()]
         assert list(view.modules) == [n for n, _ in model.named_modules()]
         assert view.module_types == tuple(type(m) for _, m in model.named_modules())
+        listed = list(model.named_modules())
+        picked = random.Random(seed).sample(range(len(listed)), k=min(3, len(listed)))
+        expected = [(listed[k][0], id(listed[k][1])) for k in sorted(picked)]
+        assert [(path, id(m)) for path, m in view.modules_at(picked)] == expected
+        assert view.modules_at([]) == []
         owners: dict[int, nn.Module] = {}  # a tied parameter's owner is where it is first seen
         for _, module in model.named_modules():
             for p in module._parameters.values():

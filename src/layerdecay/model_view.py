@@ -7,7 +7,8 @@ exactly the plan of the bare model, and saved optimizer state carries names that
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
+from itertools import islice
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -280,6 +281,20 @@ class ModelView:
     def module(self, path: str) -> nn.Module | None:
         """The module at normalized ``path`` ('' is the root), or None."""
         return self.modules.get(path)
+
+    def modules_at(self, positions: Iterable[int]) -> list[tuple[str, nn.Module]]:
+        """``(path, module)`` of the modules at ``positions`` of :attr:`module_types`, in ascending order.
+
+        The modules are read only as far as the last position asked for, so the few modules found by a search
+        of ``module_types`` (a model's root class, its containers) cost no pass over a deep model's others.
+        """
+        wanted = sorted(positions)
+        if not wanted:
+            return []
+        stop = wanted[-1] + 1
+        paths = list(islice(self.modules, stop))
+        modules = list(islice(self.modules.values(), stop))
+        return [(paths[at], modules[at]) for at in wanted]
 
     def find_modules(self, predicate: Callable[[str, nn.Module], bool]) -> Iterator[tuple[str, nn.Module]]:
         """Modules (path, module) for which ``predicate(path, module)`` holds, in tree order."""

@@ -132,12 +132,10 @@ def _model_no_weight_decay(view: ModelView) -> tuple[frozenset[str], tuple[str, 
     listing = [cls for cls in set(types) if any(_lists_of(cls))]
     if not listing:
         return frozenset(), ()
-    paths, modules = list(view.modules), list(view.modules.values())
     # The modules of those classes, found by C-level searches of the type list, asked in tree order.
-    for at in sorted(at for cls in listing for at in _positions_of(types, cls)):
-        path, module = paths[at], modules[at]
+    for path, module in view.modules_at(at for cls in listing for at in _positions_of(types, cls)):
         prefix = path + "." if path else ""
-        has_names, has_keywords = _lists_of(types[at])
+        has_names, has_keywords = _lists_of(type(module))
         if has_names:
             names.update(prefix + n for n in module.no_weight_decay())
         if has_keywords:

@@ -219,12 +219,10 @@ def _as_stack(view: ModelView, path: str, module: nn.Module) -> _Stack | None:
 
 def _containers(view: ModelView) -> list[str]:
     """Paths of the ``ModuleList``/``Sequential`` modules, in tree order (found by type at C speed)."""
-    modules = view.modules
     types = view.module_types
     kinds = [kind for kind in set(types) if issubclass(kind, _CONTAINER_TYPES)]
     if not kinds:
         return []
-    paths = list(modules)
     found: list[int] = []
     for kind in kinds:
         at = types.index(kind)
@@ -234,7 +232,7 @@ def _containers(view: ModelView) -> list[str]:
                 at = types.index(kind, at + 1)
             except ValueError:
                 break
-    return [paths[at] for at in sorted(found)]
+    return [path for path, _ in view.modules_at(found)]
 
 
 def _numbered_containers(view: ModelView) -> list[str]:
