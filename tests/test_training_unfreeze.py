@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,29 @@ def test_unfreeze_into_existing_groups():
 
 
 @pytest.mark.filterwarnings("ignore:all 4 trainable parameters:layerdecay.LayerDecayWarning")
+def test_verify_warns_about_unfrozen_parameters_until_they_are_added():
+    model = make_model(depth=3)
+    model.blocks[1].fc2.requires_grad_(False)
+    opt = layerdecay.build_optimizer(model, "adamw", lr=LR, **OPTIONS)
+    verify(opt, model)  # nothing trainable is left out
+    model.blocks[1].fc2.requires_grad_(True)
+    with pytest.warns(layerdecay.LayerDecayWarning, match=r"2 trainable parameter\(s\) .* will not train") as caught:
+        verify(opt, model)
+    assert "blocks.1.fc2.weight" in str(caught[0].message) and caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # adding them is the fix, so that call does not warn about them
+        assert sorted(add_unfrozen_params(opt, model, **OPTIONS)) == ["blocks.1.fc2.bias", "blocks.1.fc2.weight"]
+        verify(opt, model)
+
+
 def test_unfreeze_new_layer_follows_the_schedule():
     model = make_model(depth=3)
     for p in model.parameters():
         p.requires_grad_(False)
     model.norm.requires_grad_(True)
     model.head.requires_grad_(True)
-    opt = layerdecay.build_optimizer(model, "adamw", lr=LR, **OPTIONS)
+    with pytest.warns(layerdecay.LayerDecayWarning, match="layer_decay has no effect"):  # only the top trains yet
+        opt = layerdecay.build_optimizer(model, "adamw", lr=LR, **OPTIONS)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.8 ** t)
     train_steps(model, opt, 3, scheduler=sched)
 

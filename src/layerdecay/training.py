@@ -341,6 +341,12 @@ def verify(optimizer: Any, model: nn.Module, *, plan: Plan | None = None) -> Non
     Raises:
         PlanMismatchError: Naming the stale, misnamed, missing or misplaced parameters.
     """
+    _verify(optimizer, model, plan, warn_untrained=True)
+
+
+def _verify(optimizer: Any, model: nn.Module, plan: Plan | None, *, warn_untrained: bool) -> None:
+    """:func:`verify`; ``warn_untrained=False`` leaves out the warning about trainable parameters in no group
+    (for :func:`add_unfrozen_params`, which is about to add them)."""
     names = _param_names(model)
     problems: list[str] = []
     stale: list[str] = []
@@ -387,12 +393,12 @@ def verify(optimizer: Any, model: nn.Module, *, plan: Plan | None = None) -> Non
         if wrong:
             problems.append(f"{len(wrong)} parameter(s) sit in a group with other hyperparameters than the plan's: "
                             f"{listed(wrong)}.")
-    else:
+    elif warn_untrained:
         view = ModelView(model)
         missing = [n for n, p in zip(view.names, view.params, strict=True) if p.requires_grad and id(p) not in seen]
         if missing and not stale:
             warnings.warn(f"{len(missing)} trainable parameter(s) are in no param group and will not train: "
-                          f"{listed(missing)}.", LayerDecayWarning, stacklevel=2)
+                          f"{listed(missing)}.", LayerDecayWarning, stacklevel=3)
     if problems:
         raise PlanMismatchError(f"the optimizer does not match {type(ModelView(model).model).__name__}:\n"
                                 + "\n".join(f"  - {p}" for p in problems))
@@ -602,7 +608,8 @@ def add_unfrozen_params(
         plan = make_plan(model, stacklevel=3, **plan_options)
     elif plan_options:
         raise ConfigError("pass either plan= or planning options to add_unfrozen_params, not both.")
-    verify(optimizer, model)  # stale or misnamed tensors first: adding beside them would train the wrong thing
+    # Stale or misnamed tensors first: adding beside them would train the wrong thing.
+    _verify(optimizer, model, None, warn_untrained=False)
     groups = optimizer.param_groups
     present = {id(p) for g in groups for p in g["params"]}
     new_rows = [i for i, r in enumerate(plan.rows) if not r.excluded and id(plan.parameters[i]) not in present]
