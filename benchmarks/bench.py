@@ -2,9 +2,9 @@
 
 Run ``python benchmarks/bench.py`` for the full table (a few minutes on 2 cores), ``--quick`` for a smoke
 run (seconds; the test suite runs it once so this file never rots), ``--json FILE`` to keep the numbers.
-Every time is a median over two turns of ``--repeats`` calls after warm-up calls (see :func:`median_times`),
-all in this one process, so the ratios compare like with like. Models are built on the ``meta`` device unless
-a step is timed.
+Every time is the fastest of three turns' medians of ``--repeats`` calls after warm-up calls (see
+:func:`median_times`), all in this one process, so the ratios compare like with like. Models are built on the
+``meta`` device unless a step is timed.
 """
 
 from __future__ import annotations
@@ -32,28 +32,36 @@ Row = dict[str, Any]
 WARM_UP_CALLS = 3
 
 
-def median_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Median time of each function: calls in a row after a warm-up, as a microbenchmark times one thing at
-    a time (calls of another contender in between would evict its code and data from the caches). To even
-    out a slow stretch of the machine, the contenders take two turns, in order and then in reverse, each
-    with ``repeats`` timed calls, and each median is over both turns.
+TURNS = 3
+STEP_PAIRS = 3
+
+
+def median_times(fns: list[Callable[[], object]], repeats: int, turns: int = TURNS) -> list[float]:
+    """Each function's time: the median of ``repeats`` calls in a row after a warm-up, as a microbenchmark times
+    one thing at a time (calls of another contender in between would evict its code and data from the caches).
+
+    The contenders take ``turns`` turns, in order, in reverse, in order again, and each reports its fastest
+    turn's median. On a shared machine a slow stretch only ever adds time, and falls on one contender's turn
+    and not on the others': the least disturbed turn of each is what compares like with like.
 
     The garbage collector runs as it does in a training script; one collection first makes sure none is
     owed to earlier work (a collection right before a contender would leave it running cold for a while).
     """
     gc.collect()
-    times: list[list[float]] = [[] for _ in fns]
+    medians: list[list[float]] = [[] for _ in fns]
     order = list(range(len(fns)))
-    for turn in (order, order[::-1]):
-        for i in turn:
-            fn, out = fns[i], times[i]
+    for turn in range(turns):
+        for i in order if turn % 2 == 0 else order[::-1]:
+            fn = fns[i]
             for _ in range(WARM_UP_CALLS):
                 fn()
+            times = []
             for _ in range(repeats):
                 start = time.perf_counter()
                 fn()
-                out.append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+                times.append(time.perf_counter() - start)
+            medians[i].append(statistics.median(times))
+    return [min(m) for m in medians]
 
 
 def meta_model(arch: str, **kwargs: Any) -> torch.nn.Module:
@@ -172,12 +180,19 @@ def step_case(depth: int, repeats: int) -> list[Row]:
     rows = []
     for impl in ("foreach", "fused"):
         flags = {impl: True}
-        single = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, **flags)
-        grouped = layerdecay.build_optimizer(model, "adamw", lr=1e-3, layer_decay=0.75, **flags)
-        t_single, t_grouped = median_times([single.step, grouped.step], repeats)
+        # Where the optimizer state lands in memory changes a step's time by up to 2x here, whatever the groups:
+        # each pair of optimizers is built afresh (new state) for each turn, and each keeps its fastest turn.
+        times: list[list[float]] = [[], []]
+        for _ in range(STEP_PAIRS):
+            single = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, **flags)
+            grouped = layerdecay.build_optimizer(model, "adamw", lr=1e-3, layer_decay=0.75, **flags)
+            for out, t in zip(times, median_times([single.step, grouped.step], repeats, turns=1), strict=True):
+                out.append(t)
+            groups = len(grouped.param_groups)
+            del single, grouped
+        t_single, t_grouped = min(times[0]), min(times[1])
         rows.append({"impl": impl, "depth": depth, "single_ms": t_single * 1e3, "grouped_ms": t_grouped * 1e3,
-                     "ratio": t_grouped / t_single, "groups": len(grouped.param_groups),
-                     "timm_groups": len(timm_groups(model))})
+                     "ratio": t_grouped / t_single, "groups": groups, "timm_groups": len(timm_groups(model))})
     return rows
 
 
@@ -247,8 +262,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["step"] = step_case(step_depth, repeats)
     results["memory"] = memory_case(memory_depth)
 
-    print(f"machine: {results['machine']}; median of 2 turns x {repeats} calls per contender, each turn after "
-          f"{WARM_UP_CALLS} untimed\n")
+    print(f"machine: {results['machine']}; fastest of {TURNS} turns' medians of {repeats} calls per contender, "
+          f"each after {WARM_UP_CALLS} untimed\n")
     print("plan time (param_groups; floor = listing named_parameters and reading shapes)")
     print(table(results["plan"], ["case", "tensors", "owner", "floor_ms", "ours_ms", "timm_ms", "nwd_ms",
                                   "ours_vs_floor", "explain_vs_floor", "timm_vs_floor", "timm_vs_ours", "our_groups",
