@@ -241,7 +241,8 @@ class ModelView:
         modules: Normalized module path -> module, for every module under the root (wrappers left out).
             Use :meth:`span` for the parameters under a module.
         module_types: The class of each module, aligned with ``modules`` (its insertion order): finding
-            modules by type is a search of this tuple rather than a pass over the modules.
+            modules by type is a search of this tuple rather than a pass over the modules, and
+            :meth:`modules_at` fetches what the search found.
         true_shapes: ``id(param)`` -> real shape, for the parameters whose tensor shows something else (FSDP1
             ``use_orig_params=True`` flat views); empty for ordinary models. :meth:`shape_of` reads it.
         cache: Scratch space for plugins, so that ``layerdecay_num_layers`` and ``layerdecay_layer_id``
