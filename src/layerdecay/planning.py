@@ -27,14 +27,15 @@ __all__ = ["make_plan", "check_number"]
 
 _REQUIRES_GRAD = attrgetter("requires_grad")
 _MEMBERS = attrgetter("members")
+_PLAIN_NUMBERS = (float, int)  # bool is a subclass of int, not int itself: it still fails below
 
 
 def check_number(name: str, value: Any, *, minimum: float | None = None, exclusive: bool = False,
                  maximum: float | None = None) -> float:
     """``value`` as a finite float within bounds, or :class:`ConfigError` naming ``name``."""
     hint = _NUMBER_HINTS.get(name, "")
-    # float and int first: the abstract Real check is slow, and every plan checks four numbers.
-    if type(value) is not float and type(value) is not int and (isinstance(value, bool) or not isinstance(value, Real)):
+    # Plain floats and ints first: the abstract Real check is slow, and every plan checks four numbers.
+    if type(value) not in _PLAIN_NUMBERS and (isinstance(value, bool) or not isinstance(value, Real)):
         raise ConfigError(f"{name} must be a number, got {value!r} ({type(value).__name__}).{hint}")
     number = float(value)
     if not math.isfinite(number):
