@@ -192,16 +192,14 @@ class MeaningPolicy:
         by_local = {local: _UNDECIDED if (d := _decision_by_local_name(local)) is None else code(d)
                     for local in set(locals_)}
         codes = list(map(by_local.__getitem__, locals_))
-        # A normalization module's parameters are decided by its type, whatever their names.
+        # A normalization module's parameters are decided by its type, whatever their names: each position
+        # takes its type's code where the type is a norm, its own (``dict.get``'s default) elsewhere.
         types = list(map(type, modules))
-        for module_type in set(types):
-            norm = _norm_decision(module_type)
-            if norm is not None:
-                norm_code = code(norm)
-                for i in _positions_of(types, module_type):
-                    codes[i] = norm_code
+        norm_codes = {t: code(norm) for t in set(types) if (norm := _norm_decision(t)) is not None}
+        if norm_codes:
+            codes = list(map(norm_codes.get, types, codes))
         if _UNDECIDED in by_local.values():
-            pending = list(compress(range(len(codes)), map(_UNDECIDED.__eq__, codes)))
+            pending = [i for i, c in enumerate(codes) if c == _UNDECIDED]
             decided = self._by_name_and_rank([names[i] for i in pending], [params[i] for i in pending])
             ids = list(map(id, decided))  # a few shared decisions: coded once each
             code_by_id = {key: code(decision) for key, decision in dict(zip(ids, decided, strict=True)).items()}

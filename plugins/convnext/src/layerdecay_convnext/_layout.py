@@ -19,6 +19,7 @@ over the ranks, and only the modules above the kernels are ever examined.
 from __future__ import annotations
 
 import bisect
+import functools
 from dataclasses import dataclass
 from operator import attrgetter, lt
 from typing import NamedTuple
@@ -110,15 +111,6 @@ class _Stage(NamedTuple):
     width: int
 
 
-class _Index:
-    """What the search shares: the view, its shapes, and block widths already decided."""
-
-    def __init__(self, view: ModelView) -> None:
-        self.view = view
-        self.shapes = view.shapes
-        self.widths: dict[tuple, int | None] = {}  # block width by the shapes of the block's parameters
-
-
 def _child_names(module: nn.Module | None) -> list[str]:
     """The names of a module's children (None entries left out), in registration order."""
     if module is None:
@@ -146,13 +138,12 @@ def _positions(ranks: bytearray | list[int], rank: int) -> list[int]:
 _UNSEEN = object()
 
 
-def _block_containers(index: _Index, kernels: list[int]) -> list[_Stage]:
+def _block_containers(view: ModelView, kernels: list[int]) -> list[_Stage]:
     """Innermost modules whose children are all ConvNeXt blocks of one width, in the order of the tree.
 
     A block's first non-vector weight is its depthwise kernel, so such a container is the parent of a
     numbered module above one of ``kernels``: only those parents are examined.
     """
-    view = index.view
     names, modules, span_of = view.names, view.modules, view.span
     verdicts: dict[str, _Stage | None] = {}
     seen: set[str] = set()
@@ -171,7 +162,7 @@ def _block_containers(index: _Index, kernels: list[int]) -> list[_Stage]:
                     parent_module = modules.get(parent)
                     small = (parent_module is not None and parent_module._modules.get(last) is not None
                              and len(span_of(path)) < 3)
-                    verdict = verdicts[parent] = None if small else _container(index, parent)
+                    verdict = verdicts[parent] = None if small else _container(view, parent)
                     if verdict is not None:
                         # Any later walk that reaches one of its blocks would stop there as this one does:
                         # marking them walked ends those walks one step earlier, with the same verdicts.
@@ -201,9 +192,8 @@ def _span_start(stage: _Stage) -> int:
     return stage.span.start
 
 
-def _container(index: _Index, path: str) -> _Stage | None:
+def _container(view: ModelView, path: str) -> _Stage | None:
     """The stage at ``path`` when every child of ``path`` is a block, all of one width; else None."""
-    view = index.view
     span = view.span(path)
     if not span:
         return None
@@ -211,11 +201,11 @@ def _container(index: _Index, path: str) -> _Stage | None:
     if not local or not all(map(str.isdigit, local)):
         return None
     kids = list(map((path + "." if path else "").__add__, local))
-    shapes, widths = index.shapes, index.widths
+    shapes = view.shapes
     kid_spans = list(map(view.span, kids))
     first, last = kid_spans[0], kid_spans[-1]
     key = shapes[first.start : first.stop]
-    width = _width(widths, key)
+    width = _width(key)
     if width is None:
         return None
     # The blocks of a stage are alike: when the kids' spans tile one run of the same shapes over and
@@ -225,19 +215,16 @@ def _container(index: _Index, path: str) -> _Stage | None:
             and shapes[first.start : last.stop] == key * count):
         return _Stage(path, span, kids, kid_spans, width)
     for kid_span in kid_spans:
-        if _width(widths, shapes[kid_span.start : kid_span.stop]) != width:
+        if _width(shapes[kid_span.start : kid_span.stop]) != width:
             return None
     return _Stage(path, span, kids, kid_spans, width)
 
 
-def _width(widths: dict[tuple, int | None], shapes: tuple) -> int | None:
-    """The block width of a child whose parameters have ``shapes`` (memoized in ``widths``), else None."""
-    width = widths.get(shapes, -1)
-    if width == -1:
-        # The non-vector weights (``_matrix_like``, inlined: this runs once per stage).
-        weights = [s for s in shapes if len(s) > 1 and len(s) - s.count(1) - s.count(0) >= 2]
-        width = widths[shapes] = _block_width(weights)
-    return width
+@functools.lru_cache(maxsize=1024)
+def _width(shapes: tuple) -> int | None:
+    """The block width of a child whose parameters have ``shapes``, else None: a pure function of the shapes,
+    worked out once per process (a model has a few kinds of block, and is planned more than once)."""
+    return _block_width([s for s in shapes if _matrix_like(s)])
 
 
 def _overlaps(span: range, starts: list[int], stops: list[int], points: set[int]) -> bool:
@@ -281,8 +268,7 @@ def find_layout_and_spans(view: ModelView) -> tuple[Layout, dict[str, range]] | 
     kernels = [i for i in fours if (shape := shapes[i])[1] == 1 and (shape[2] >= 2 or shape[3] >= 2)]
     if len(kernels) < 2:
         return None
-    index = _Index(view)
-    stages = _block_containers(index, kernels)
+    stages = _block_containers(view, kernels)
     if len(stages) < 2:
         return None
     widths = [stage.width for stage in stages]

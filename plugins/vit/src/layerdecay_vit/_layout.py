@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress
 from math import prod
-from operator import itemgetter, not_
+from operator import itemgetter
 from typing import NamedTuple
 
 import torch
@@ -134,9 +134,13 @@ def may_be_vit(view: ModelView) -> bool:
     parameters are picked by their local names at C speed, so turning a model away costs a few passes over
     the few of them rather than over every name.
     """
-    free = list(compress(view.names, map(not_, map(_LAYER_PARAMS.__contains__, view.local_names))))
-    if not free:
+    local_names = view.local_names
+    free_locals = set(local_names) - _LAYER_PARAMS
+    if not free_locals:
         return False
+    # One lookup per parameter in a dict of the few distinct local names (is it free?).
+    is_free = dict.fromkeys(free_locals, True)
+    free = list(compress(view.names, map(is_free.get, local_names)))
     patterns = "\n".join(free).encode().translate(None, _DIGITS).split(b"\n")
     counts = Counter(patterns)
     if 1 in counts.values():
