@@ -250,6 +250,8 @@ def _lines_with(text: str, needles: Iterable[str]) -> set[int]:
     for needle in needles:
         if not needle:  # the empty string is in every line
             return set(range(text.count("\n") + 1))
+        if needle not in text:  # the usual answer, without splitting (and copying) the text
+            continue
         pieces = text.split(needle)
         line = 0
         for piece in pieces[:-1]:
