@@ -2,9 +2,9 @@
 
 Run ``python benchmarks/bench.py`` for the full table (a few minutes on 2 cores), ``--quick`` for a smoke
 run (seconds; the test suite runs it once so this file never rots), ``--json FILE`` to keep the numbers.
-Each contender is timed in turns, a median of ``--repeats`` calls after warm-up calls each time, all in this one
-process: its time is its fastest turn's, and a ratio of two contenders is the median of their ratios turn by
-turn (see :class:`Timings`). Models are built on the ``meta`` device unless a step is timed.
+Every time is the fastest of a few turns' medians of ``--repeats`` calls after warm-up calls (see
+:func:`median_times`), all in this one process, so the ratios compare like with like. Models are built on the
+``meta`` device unless a step is timed.
 """
 
 from __future__ import annotations
@@ -33,32 +33,18 @@ WARM_UP_CALLS = 3
 
 
 TURNS = 3
-# The plan cases are quick: more turns give the paired ratios (see Timings.ratio) more to take a median of.
+# The plan cases are quick: more turns give each contender more chances of an undisturbed one.
 PLAN_TURNS = 7
 STEP_PAIRS = 3
 
 
-class Timings:
-    """Each contender's median time in each turn (``turns[i][k]``: contender ``i``, turn ``k``)."""
+def median_times(fns: list[Callable[[], object]], repeats: int, turns: int = TURNS) -> list[float]:
+    """Each function's time: the median of ``repeats`` calls in a row after a warm-up, as a microbenchmark times
+    one thing at a time (calls of another contender in between would evict its code and data from the caches).
 
-    def __init__(self, turns: list[list[float]]) -> None:
-        self.turns = turns
-
-    def best(self, i: int) -> float:
-        """Contender ``i``'s time: its fastest turn (a slow stretch of a shared machine only ever adds time)."""
-        return min(self.turns[i])
-
-    def ratio(self, i: int, j: int) -> float:
-        """How many times contender ``j``'s time ``i`` takes: the median of the ratios turn by turn. Within a
-        turn the two ran back to back, so a slow stretch of the machine moves both and cancels in the ratio;
-        the median drops the turns it caught between them."""
-        return statistics.median(a / b for a, b in zip(self.turns[i], self.turns[j], strict=True))
-
-
-def timings(fns: list[Callable[[], object]], repeats: int, turns: int = TURNS) -> Timings:
-    """Each function's median of ``repeats`` calls in a row after a warm-up, as a microbenchmark times one thing
-    at a time (calls of another contender in between would evict its code and data from the caches), in
-    ``turns`` turns: in order, in reverse, in order again, and so on.
+    The contenders take ``turns`` turns, in order, in reverse, in order again, and each reports its fastest
+    turn's median. On a shared machine a slow stretch only ever adds time, and falls on one contender's turn
+    and not on the others': the least disturbed turn of each is what compares like with like.
 
     The garbage collector runs as it does in a training script; one collection first makes sure none is
     owed to earlier work (a collection right before a contender would leave it running cold for a while).
@@ -77,7 +63,7 @@ def timings(fns: list[Callable[[], object]], repeats: int, turns: int = TURNS) -
                 fn()
                 times.append(time.perf_counter() - start)
             medians[i].append(statistics.median(times))
-    return Timings(medians)
+    return [min(m) for m in medians]
 
 
 def meta_model(arch: str, **kwargs: Any) -> torch.nn.Module:
@@ -108,8 +94,7 @@ def model_lists(model: torch.nn.Module) -> None:
 
 def plan_case(label: str, model: torch.nn.Module, repeats: int) -> Row:
     """Plan time: param_groups against listing the parameters and against timm."""
-    floor, ours, explain, theirs, lists = range(5)
-    t = timings([
+    floor, ours, explain, theirs, lists = median_times([
         lambda: listing(model),
         lambda: layerdecay.param_groups(model, lr=1e-3, layer_decay=0.75),
         lambda: layerdecay.explain(model, layer_decay=0.75),
@@ -121,15 +106,15 @@ def plan_case(label: str, model: torch.nn.Module, repeats: int) -> Row:
         "case": label,
         "tensors": sum(1 for _ in model.parameters()),
         "owner": plan.owner,
-        "floor_ms": t.best(floor) * 1e3,
-        "ours_ms": t.best(ours) * 1e3,
-        "explain_ms": t.best(explain) * 1e3,
-        "timm_ms": t.best(theirs) * 1e3,
-        "nwd_ms": t.best(lists) * 1e3,
-        "ours_vs_floor": t.ratio(ours, floor),
-        "explain_vs_floor": t.ratio(explain, floor),
-        "timm_vs_floor": t.ratio(theirs, floor),
-        "timm_vs_ours": t.ratio(theirs, ours),
+        "floor_ms": floor * 1e3,
+        "ours_ms": ours * 1e3,
+        "explain_ms": explain * 1e3,
+        "timm_ms": theirs * 1e3,
+        "nwd_ms": lists * 1e3,
+        "ours_vs_floor": ours / floor,
+        "explain_vs_floor": explain / floor,
+        "timm_vs_floor": theirs / floor,
+        "timm_vs_ours": theirs / ours,
         "our_groups": len(plan.groups),
         "timm_groups": len(timm_groups(model)),
     }
@@ -139,27 +124,25 @@ def build_case(label: str, model: torch.nn.Module, repeats: int) -> Row:
     """End to end: build_optimizer against timm's create_optimizer_v2(..., layer_decay=...)."""
     from timm.optim import create_optimizer_v2
 
-    t = timings([
+    ours, theirs = median_times([
         lambda: layerdecay.build_optimizer(model, "adamw", lr=1e-3, layer_decay=0.75),
         lambda: create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75),
     ], repeats)
-    return {"case": label, "ours_ms": t.best(0) * 1e3, "timm_ms": t.best(1) * 1e3, "ours_vs_timm": t.ratio(0, 1),
+    return {"case": label, "ours_ms": ours * 1e3, "timm_ms": theirs * 1e3, "ours_vs_timm": ours / theirs,
             "groups": len(layerdecay.explain(model).groups)}
 
 
 def scaling(depths: tuple[int, int], repeats: int) -> Row:
     small, large = (meta_model("vit_base_patch16_224", depth=d) for d in depths)
-    ours_small, ours_large, floor_small, floor_large = range(4)
-    t = timings([
+    t_small, t_large, f_small, f_large = median_times([
         lambda: layerdecay.param_groups(small, lr=1e-3),
         lambda: layerdecay.param_groups(large, lr=1e-3),
         lambda: listing(small),
         lambda: listing(large),
     ], repeats, turns=PLAN_TURNS)
     tensors = (sum(1 for _ in small.parameters()), sum(1 for _ in large.parameters()))
-    return {"depths": list(depths), "tensors": list(tensors), "small_ms": t.best(ours_small) * 1e3,
-            "large_ms": t.best(ours_large) * 1e3, "time_ratio": t.ratio(ours_large, ours_small),
-            "size_ratio": tensors[1] / tensors[0], "floor_ratio": t.ratio(floor_large, floor_small)}
+    return {"depths": list(depths), "tensors": list(tensors), "small_ms": t_small * 1e3, "large_ms": t_large * 1e3,
+            "time_ratio": t_large / t_small, "size_ratio": tensors[1] / tensors[0], "floor_ratio": f_large / f_small}
 
 
 def _with_bytecode_cache() -> dict[str, str]:
@@ -210,14 +193,14 @@ def step_case(depth: int, repeats: int) -> list[Row]:
     for impl in ("foreach", "fused"):
         flags = {impl: True}
         # Where the optimizer state lands in memory changes a step's time by up to 2x here, whatever the groups:
-        # each pair of optimizers is built afresh (new state) for each turn, and each keeps its fastest turn.
+        # the pair of optimizers is built afresh (new state) a few times, each pair is timed in turns, and each
+        # optimizer keeps its fastest turn.
         times: list[list[float]] = [[], []]
         for _ in range(STEP_PAIRS):
             single = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, **flags)
             grouped = layerdecay.build_optimizer(model, "adamw", lr=1e-3, layer_decay=0.75, **flags)
-            steps = timings([single.step, grouped.step], repeats, turns=1)
-            times[0].append(steps.best(0))
-            times[1].append(steps.best(1))
+            for out, t in zip(times, median_times([single.step, grouped.step], repeats), strict=True):
+                out.append(t)
             groups = len(grouped.param_groups)
             del single, grouped
         t_single, t_grouped = min(times[0]), min(times[1])
@@ -292,9 +275,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["step"] = step_case(step_depth, repeats)
     results["memory"] = memory_case(memory_depth)
 
-    print(f"machine: {results['machine']}; per contender the fastest of {PLAN_TURNS} turns' medians (plans, "
-          f"scaling; {TURNS} turns elsewhere) of {repeats} calls, each after {WARM_UP_CALLS} untimed; ratios are "
-          "medians of the turns' ratios\n")
+    print(f"machine: {results['machine']}; per contender the fastest of {PLAN_TURNS} turns' medians (plans and "
+          f"scaling; {TURNS} turns elsewhere) of {repeats} calls, each after {WARM_UP_CALLS} untimed\n")
     print("plan time (param_groups; floor = listing named_parameters and reading shapes)")
     print(table(results["plan"], ["case", "tensors", "owner", "floor_ms", "ours_ms", "timm_ms", "nwd_ms",
                                   "ours_vs_floor", "explain_vs_floor", "timm_vs_floor", "timm_vs_ours", "our_groups",
