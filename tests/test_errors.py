@@ -390,6 +390,16 @@ def test_policy_answer_of_the_wrong_type(net, host):
     assert "'embed.weight'" in str(info.value)
 
 
+def test_a_wrong_answer_equal_to_a_decision_names_its_own_parameter(net, host):
+    """A plain tuple compares equal to the Decision with the same fields; the error still names where it came."""
+    no_decay = Decision(weight_decay=False)
+    rule = plugin("tuple-policy", layerdecay_param_policy=lambda: (
+        lambda name, param, module: tuple(no_decay) if name == "blocks.1.fc.weight" else no_decay))
+    with pytest.raises(PluginError, match="layerdecay.Decision or None") as info:
+        layerdecay.explain(net, plugins=[rule], host=host)
+    assert "'blocks.1.fc.weight'" in str(info.value) and "'embed.weight'" not in str(info.value)
+
+
 def test_policy_hook_answer_must_be_callable(net, host):
     rule = plugin("policy-not-callable", layerdecay_param_policy=lambda: Decision(weight_decay=False))
     with pytest.raises(PluginError, match="layerdecay_param_policy") as info:

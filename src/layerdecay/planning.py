@@ -371,9 +371,9 @@ def _outcomes(view: ModelView, policies: list[tuple[str, Policy]], names: Sequen
     plugins = [plugin for plugin, _ in policies]
     columns = [_answers(plugin, policy, names, params, owners) for plugin, policy in policies]
     for plugin, (distinct, codes) in zip(plugins, columns, strict=True):
-        for answer in distinct:
+        for k, answer in enumerate(distinct):
             if answer is not None and not isinstance(answer, Decision):
-                raise _bad_decision(plugin, names[codes.index(distinct.index(answer))], answer)
+                raise _bad_decision(plugin, names[codes.index(k)], answer)
     # Each distinct combination of answers (a tuple of answer indices, one per policy), in order of first
     # appearance, and the combination of each parameter.
     if len(columns) == 1:
