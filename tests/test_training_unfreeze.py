@@ -50,7 +50,6 @@ def test_unfreeze_into_existing_groups():
     assert add_unfrozen_params(opt, model, **OPTIONS) == []
 
 
-@pytest.mark.filterwarnings("ignore:all 4 trainable parameters:layerdecay.LayerDecayWarning")
 def test_verify_warns_about_unfrozen_parameters_until_they_are_added():
     model = make_model(depth=3)
     model.blocks[1].fc2.requires_grad_(False)
