@@ -546,6 +546,14 @@ def test_malformed_no_weight_decay_patterns(net, host, patterns, fragment):
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize("kind", ["Linear", (nn.Linear, "LayerNorm"), 3, None])
+def test_modules_of_type_names_a_kind_it_cannot_use(net, kind):
+    with pytest.raises(ConfigError) as info:
+        layerdecay.ModelView(net).modules_of_type(kind)
+    assert "modules_of_type takes a class, a tuple of classes or a function of the class" in str(info.value)
+    assert repr(kind) in str(info.value)
+
+
 @pytest.mark.parametrize("mapping, fragment", [
     ({"re:(": 2.0}, "not a valid regular expression"),
     ({"": 2.0}, "is empty"),

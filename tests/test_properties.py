@@ -217,6 +217,12 @@ if pytest is not None:
         expected = [(listed[k][0], id(listed[k][1])) for k in sorted(picked)]
         assert [(path, id(m)) for path, m in view.modules_at(picked)] == expected
         assert view.modules_at([]) == []
+        # By type (subclasses included), by a tuple of types and by a test of the class: what isinstance finds.
+        for kind in (nn.Linear, (nn.ModuleList, nn.Sequential), Custom, nn.Module):
+            found = [(path, id(m)) for path, m in view.modules_of_type(kind)]
+            assert found == [(path, id(m)) for path, m in model.named_modules() if isinstance(m, kind)]
+        by_test = [(path, id(m)) for path, m in view.modules_of_type(lambda cls: cls.__name__.startswith("Layer"))]
+        assert by_test == [(p, id(m)) for p, m in model.named_modules() if type(m).__name__.startswith("Layer")]
         owners: dict[int, nn.Module] = {}  # a tied parameter's owner is where it is first seen
         for _, module in model.named_modules():
             for p in module._parameters.values():

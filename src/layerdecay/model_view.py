@@ -7,7 +7,7 @@ exactly the plan of the bare model, and saved optimizer state carries names that
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from itertools import islice
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -15,7 +15,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["ModelView", "strip_wrapper_prefixes", "unwrap"]
+from layerdecay.errors import ConfigError
+
+__all__ = ["ModelView", "positions_of", "strip_wrapper_prefixes", "unwrap"]
 
 # Child attributes that only ever hold the wrapped module.
 _ALWAYS_WRAPPER_CHILDREN = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
@@ -73,6 +75,17 @@ def strip_wrapper_prefixes(name: str) -> str:
     while lead < len(parts) - 1 and parts[lead] in _WRAPPER_COMPONENTS:
         lead += 1
     return ".".join(p for p in parts[lead:] if p not in _ALWAYS_WRAPPER_CHILDREN)
+
+
+def positions_of(items: Sequence[Any], value: Any) -> Iterator[int]:
+    """Every index of ``value`` in ``items``, by C-level searches (for the few hits in a long sequence)."""
+    at = -1
+    try:
+        while True:
+            at = items.index(value, at + 1)
+            yield at
+    except ValueError:
+        return
 
 
 class Walk(NamedTuple):
@@ -241,8 +254,8 @@ class ModelView:
         modules: Normalized module path -> module, for every module under the root (wrappers left out).
             Use :meth:`span` for the parameters under a module.
         module_types: The class of each module, aligned with ``modules`` (its insertion order): finding
-            modules by type is a search of this tuple rather than a pass over the modules, and
-            :meth:`modules_at` fetches what the search found.
+            modules by type is a search of this tuple rather than a pass over the modules
+            (:meth:`modules_of_type`), and :meth:`modules_at` fetches what a search found.
         true_shapes: ``id(param)`` -> real shape, for the parameters whose tensor shows something else (FSDP1
             ``use_orig_params=True`` flat views); empty for ordinary models. :meth:`shape_of` reads it.
         cache: Scratch space for plugins, so that ``layerdecay_num_layers`` and ``layerdecay_layer_id``
@@ -296,6 +309,26 @@ class ModelView:
         paths = list(islice(self.modules, stop))
         modules = list(islice(self.modules.values(), stop))
         return [(paths[at], modules[at]) for at in wanted]
+
+    def modules_of_type(self, kind: type | tuple[type, ...] | Callable[[type], bool]) -> list[tuple[str, nn.Module]]:
+        """``(path, module)`` of every module whose class is ``kind`` or a subclass (a class or a tuple of
+        classes, as for ``isinstance``), or whose class ``kind`` accepts when it is a function of the class;
+        in tree order.
+
+        Each distinct class is asked once and its modules are found by C-level searches of
+        :attr:`module_types`, so finding a deep model's few containers costs no Python step per module.
+        """
+        accepts: Callable[[type], bool]
+        if isinstance(kind, type) or (isinstance(kind, tuple) and all(isinstance(k, type) for k in kind)):
+            def accepts(cls: type) -> bool:
+                return issubclass(cls, kind)  # type: ignore[arg-type]
+        elif callable(kind) and not isinstance(kind, tuple):
+            accepts = kind
+        else:
+            raise ConfigError(f"modules_of_type takes a class, a tuple of classes or a function of the class; "
+                              f"got {kind!r} ({type(kind).__name__}).")
+        types = self.module_types
+        return self.modules_at(at for cls in set(types) if accepts(cls) for at in positions_of(types, cls))
 
     def find_modules(self, predicate: Callable[[str, nn.Module], bool]) -> Iterator[tuple[str, nn.Module]]:
         """Modules (path, module) for which ``predicate(path, module)`` holds, in tree order."""

@@ -11,10 +11,10 @@ meaning: the owning module's type first, then the parameter's name, then the mod
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress, repeat
 from operator import attrgetter, itemgetter
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -119,6 +119,10 @@ def _lists_of(module_type: type) -> tuple[bool, bool]:
             callable(getattr(module_type, "no_weight_decay_keywords", None)))
 
 
+def _defines_lists(module_type: type) -> bool:
+    return any(_lists_of(module_type))
+
+
 def _model_no_weight_decay(view: ModelView) -> tuple[frozenset[str], tuple[str, ...]]:
     """Names from every ``no_weight_decay()`` and keywords from ``no_weight_decay_keywords()`` in the tree.
 
@@ -127,13 +131,9 @@ def _model_no_weight_decay(view: ModelView) -> tuple[frozenset[str], tuple[str, 
     """
     names: set[str] = set()
     keywords: list[str] = []
-    # Which classes define the lists, asked once per class: a deep model has many modules, few classes.
-    types = view.module_types
-    listing = [cls for cls in set(types) if any(_lists_of(cls))]
-    if not listing:
-        return frozenset(), ()
-    # The modules of those classes, found by C-level searches of the type list, asked in tree order.
-    for path, module in view.modules_at(at for cls in listing for at in _positions_of(types, cls)):
+    # Which classes define the lists is asked once per class (a deep model has many modules, few classes);
+    # their modules are asked in tree order.
+    for path, module in view.modules_of_type(_defines_lists):
         prefix = path + "." if path else ""
         has_names, has_keywords = _lists_of(type(module))
         if has_names:
@@ -258,17 +258,6 @@ def _lines_with(text: str, needles: Iterable[str]) -> set[int]:
             line += piece.count("\n")
             found.add(line)
     return found
-
-
-def _positions_of(items: Sequence[Any], value: Any) -> Iterator[int]:
-    """Every index of ``value`` in ``items``, by C-level searches."""
-    at = -1
-    try:
-        while True:
-            at = items.index(value, at + 1)
-            yield at
-    except ValueError:
-        return
 
 
 def meaning_policy(view: ModelView) -> MeaningPolicy:

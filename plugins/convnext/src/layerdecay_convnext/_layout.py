@@ -27,6 +27,7 @@ from typing import NamedTuple
 from torch import nn
 
 from layerdecay import ModelView
+from layerdecay.model_view import positions_of
 
 __all__ = ["Layout", "Role", "find_layout", "find_layout_and_spans"]
 
@@ -119,20 +120,6 @@ def _child_names(module: nn.Module | None) -> list[str]:
     if None in children.values():
         return [name for name, child in children.items() if child is not None]
     return list(children)
-
-
-def _positions(ranks: bytearray | list[int], rank: int) -> list[int]:
-    """Indices of the parameters of ``rank``, found by C-level searches (models hold few 4-D ones)."""
-    found: list[int] = []
-    find = ranks.index
-    start = 0
-    try:
-        while True:
-            start = find(rank, start)
-            found.append(start)
-            start += 1
-    except ValueError:
-        return found
 
 
 _UNSEEN = object()
@@ -264,7 +251,7 @@ def find_layout_and_spans(view: ModelView) -> tuple[Layout, dict[str, range]] | 
         ranks = list(map(len, shapes))
     if ranks.count(4) < 2:
         return None  # every block of at least two stages starts with a depthwise kernel (vit, swin: one 4-D)
-    fours = _positions(ranks, 4)
+    fours = list(positions_of(ranks, 4))  # models hold few 4-D parameters
     kernels = [i for i in fours if (shape := shapes[i])[1] == 1 and (shape[2] >= 2 or shape[3] >= 2)]
     if len(kernels) < 2:
         return None

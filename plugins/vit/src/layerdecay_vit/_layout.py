@@ -223,20 +223,7 @@ def _as_stack(view: ModelView, path: str, module: nn.Module) -> _Stack | None:
 
 def _containers(view: ModelView) -> list[str]:
     """Paths of the ``ModuleList``/``Sequential`` modules, in tree order (found by type at C speed)."""
-    types = view.module_types
-    kinds = [kind for kind in set(types) if issubclass(kind, _CONTAINER_TYPES)]
-    if not kinds:
-        return []
-    found: list[int] = []
-    for kind in kinds:
-        at = types.index(kind)
-        while True:
-            found.append(at)
-            try:
-                at = types.index(kind, at + 1)
-            except ValueError:
-                break
-    return [path for path, _ in view.modules_at(found)]
+    return [path for path, _ in view.modules_of_type(_CONTAINER_TYPES)]
 
 
 def _numbered_containers(view: ModelView) -> list[str]:
