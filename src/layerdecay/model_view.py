@@ -88,6 +88,12 @@ def positions_of(items: Sequence[Any], value: Any) -> Iterator[int]:
         return
 
 
+def _subclass_test(classes: type | tuple[type, ...]) -> Callable[[type], bool]:
+    def test(cls: type) -> bool:
+        return issubclass(cls, classes)
+    return test
+
+
 class Walk(NamedTuple):
     """What a walk lists; the lists are aligned with ``names``, ``types`` with ``modules``."""
 
@@ -320,8 +326,7 @@ class ModelView:
         """
         accepts: Callable[[type], bool]
         if isinstance(kind, type) or (isinstance(kind, tuple) and all(isinstance(k, type) for k in kind)):
-            def accepts(cls: type) -> bool:
-                return issubclass(cls, kind)  # type: ignore[arg-type]
+            accepts = _subclass_test(kind)
         elif callable(kind) and not isinstance(kind, tuple):
             accepts = kind
         else:
