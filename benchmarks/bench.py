@@ -33,8 +33,11 @@ WARM_UP_CALLS = 3
 
 
 TURNS = 3
-# The plan cases are quick: more turns give each contender more chances of an undisturbed one.
+# The plan cases (and the builds of small models) are quick: more turns give each contender more chances of
+# an undisturbed one.
 PLAN_TURNS = 7
+# Above this many tensors, timm's build takes seconds a call: those builds get TURNS turns.
+QUICK_BUILD_TENSORS = 10_000
 STEP_PAIRS = 3
 
 
@@ -124,10 +127,11 @@ def build_case(label: str, model: torch.nn.Module, repeats: int) -> Row:
     """End to end: build_optimizer against timm's create_optimizer_v2(..., layer_decay=...)."""
     from timm.optim import create_optimizer_v2
 
+    quick = sum(1 for _ in model.parameters()) < QUICK_BUILD_TENSORS
     ours, theirs = median_times([
         lambda: layerdecay.build_optimizer(model, "adamw", lr=1e-3, layer_decay=0.75),
         lambda: create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75),
-    ], repeats)
+    ], repeats, turns=PLAN_TURNS if quick else TURNS)
     return {"case": label, "ours_ms": ours * 1e3, "timm_ms": theirs * 1e3, "ours_vs_timm": ours / theirs,
             "groups": len(layerdecay.explain(model).groups)}
 
@@ -275,8 +279,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["step"] = step_case(step_depth, repeats)
     results["memory"] = memory_case(memory_depth)
 
-    print(f"machine: {results['machine']}; per contender the fastest of {PLAN_TURNS} turns' medians (plans and "
-          f"scaling; {TURNS} turns elsewhere) of {repeats} calls, each after {WARM_UP_CALLS} untimed\n")
+    print(f"machine: {results['machine']}; per contender the fastest of {PLAN_TURNS} turns' medians (plans, "
+          f"scaling and the builds of models under {QUICK_BUILD_TENSORS:,} tensors; {TURNS} turns elsewhere) "
+          f"of {repeats} calls, each after {WARM_UP_CALLS} untimed\n")
     print("plan time (param_groups; floor = listing named_parameters and reading shapes)")
     print(table(results["plan"], ["case", "tensors", "owner", "floor_ms", "ours_ms", "timm_ms", "nwd_ms",
                                   "ours_vs_floor", "explain_vs_floor", "timm_vs_floor", "timm_vs_ours", "our_groups",
