@@ -1,7 +1,8 @@
 """Planning and optimizer benchmarks: layerdecay against timm and against the cost of listing parameters.
 
-Run ``python benchmarks/bench.py`` for the full table (a few minutes on 2 cores), ``--quick`` for a smoke
-run (seconds; the test suite runs it once so this file never rots), ``--json FILE`` to keep the numbers.
+Run ``python benchmarks/bench.py`` for the full tables, ending with each performance target against the run (a
+few minutes on 2 cores), ``--quick`` for a smoke run (seconds; the test suite runs it once so this file never
+rots), ``--json FILE`` to keep the numbers.
 Every time is the fastest of a few turns' medians of ``--repeats`` calls after warm-up calls (see
 :func:`median_times`), all in this one process, so the ratios compare like with like. Models are built on the
 ``meta`` device unless a step is timed.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import operator
 import os
 import platform
 import statistics
@@ -250,6 +252,57 @@ def memory_case(depth: int) -> Row:
     return {"depth": depth, "peak_rss_growth_mib": float(out[0]), "meta_tensors": int(out[1]), "tensors": int(out[2])}
 
 
+# The performance targets (docs/performance.md): (section, field, the target's words, how the field must
+# compare with the limit, the limit).
+TARGETS = (
+    ("plan", "ours_vs_floor", "plan <= 2x the floor", operator.le, 2.0),
+    ("plan", "timm_vs_ours", "plan >= 2x faster than timm", operator.ge, 2.0),
+    ("build", "ours_vs_timm", "build_optimizer <= 0.5x timm's", operator.le, 0.5),
+    ("scaling", "time_ratio", "10x the tensors in <= 12x the time", operator.le, 12.0),
+    ("imports", "import_layerdecay_after_torch_ms", "import layerdecay <= 100 ms over torch", operator.le, 100.0),
+    ("imports", "plugin_discovery_ms", "plugin discovery <= 20 ms", operator.le, 20.0),
+    ("step", "ratio", "step <= 1.05x a single group", operator.le, 1.05),
+    ("step", "groups_cost_ratio", "step: torch's cost of the groups <= 1.05x", operator.le, 1.05),
+    ("memory", "peak_rss_growth_mib", "peak RSS growth of a plan < 50 MiB", operator.lt, 50.0),
+)
+
+
+def _case(section: str, row: Row) -> str:
+    """What a verdict row is about, in the words of its section's table."""
+    if section == "step":
+        return row["impl"]
+    if section == "scaling":
+        small, large = row["depths"]
+        return f"depths {small}, {large} (the floor alone: {row['floor_ratio']:.3g}x)"
+    if section == "memory":
+        return f"depth {row['depth']}"
+    return str(row.get("case", ""))
+
+
+def verdicts(results: dict[str, Any]) -> list[Row]:
+    """Each target against this run, one row per case: what a run shows at a glance (the ranges over several
+    runs, which a shared machine needs, are in docs/performance.md). A missing section is left out."""
+    rows = []
+    for section, column, target, holds, limit in TARGETS:
+        found = results.get(section)
+        for row in found if isinstance(found, list) else [found] if found else []:
+            value = row[column]
+            rows.append({"target": target, "case": _case(section, row), "value": value,
+                         "met": "yes" if holds(value, limit) else "no"})
+    imports = results.get("imports")
+    if imports:
+        heavy = imports["heavy_modules_after_plan_and_discovery"]
+        rows.append({"target": "timm, torchvision, transformers stay unimported", "case": "", "value": heavy,
+                     "met": "yes" if heavy == "[]" else "no"})
+    memory = results.get("memory")
+    if memory:
+        all_meta = memory["meta_tensors"] == memory["tensors"]
+        rows.append({"target": "planning a meta model allocates no parameter memory", "case": "",
+                     "value": f"{memory['meta_tensors']} of {memory['tensors']} on meta",
+                     "met": "yes" if all_meta else "no"})
+    return rows
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
@@ -319,6 +372,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                   "per_group_us", "groups_cost_ratio"]))
     print("\nmemory")
     print(table([results["memory"]], list(results["memory"])))
+    results["targets"] = verdicts(results)
+    print("\ntargets, against this run" + (" (quick: small models, so the figures say little)" if args.quick else ""))
+    print(table(results["targets"], ["target", "case", "value", "met"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
