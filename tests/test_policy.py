@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 import torch
 from torch import nn
@@ -244,3 +246,158 @@ def test_model_keywords_match_by_substring_the_empty_one_everything(bare_host):
     assert plan.row("mlp.weight").weight_decay == 0.05
     everything = layerdecay.explain(Keyworded([""]), layer_decay=1.0, host=bare_host)
     assert all(r.weight_decay == 0.0 for r in everything.rows)
+
+
+def _plan_unclaimed(model: nn.Module, host: layerdecay.PluginHost) -> layerdecay.Plan:
+    """The plan of a model no plugin claims (the generic fallback's warning is expected)."""
+    with pytest.warns(layerdecay.LayerDecayWarning, match="no plugin claimed"):
+        return layerdecay.explain(model, layer_decay=1.0, host=host)
+
+
+class ListsItsTables(nn.Module):
+    """A model whose ``no_weight_decay()`` walks its own parameters, as timm's Swin and BEiT do, and keeps what
+    each way of asking answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Module() for _ in range(2))
+        for block in self.blocks:
+            block.table = nn.Parameter(torch.zeros(3, 3))
+            block.proj = nn.Linear(3, 3)
+
+    def no_weight_decay(self):
+        self.answers: dict[str, list[tuple[str, int]] | str] = {}
+        def pairs(listing):
+            return [(n, id(p)) for n, p in listing]
+
+        plain = self.named_parameters()
+        self.answers["plain type"] = type(plain).__name__
+        self.answers["plain"] = pairs(plain)
+        self.answers["prefixed"] = pairs(self.named_parameters(prefix="m"))
+        self.answers["own only"] = pairs(self.named_parameters(recurse=False))
+        self.answers["parameters"] = [id(p) for p in self.parameters()]
+        return {n for n, _ in self.named_parameters() if n.endswith("table")}
+
+
+def test_a_model_listing_its_own_parameters_is_answered_from_the_walk(bare_host):
+    model = ListsItsTables()
+    attributes = set(vars(model))
+    plan = _plan_unclaimed(model, bare_host)
+    assert set(vars(model)) == attributes | {"answers"}  # what the method wrote, on the model itself; nothing else
+    answers = model.answers
+    assert answers["plain type"] == "list_iterator"  # the walk's own pairs, not a second walk
+    torch_listing = nn.Module.named_parameters
+    assert answers["plain"] == [(n, id(p)) for n, p in torch_listing(model)]
+    assert answers["prefixed"] == [(n, id(p)) for n, p in torch_listing(model, prefix="m")]
+    assert answers["own only"] == [] and answers["parameters"] == [id(p) for p in model.parameters()]
+    assert {r.name for r in plan.rows if r.reason == "model.no_weight_decay()"} == {"blocks.0.table", "blocks.1.table"}
+    assert plan.row("blocks.0.table").weight_decay == 0.0 and plan.row("blocks.0.proj.weight").weight_decay == 0.05
+
+
+def test_a_nested_listing_names_parameters_relative_to_its_module(bare_host):
+    class Detector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Linear(3, 3)
+            self.backbone = ListsItsTables()
+
+    model = Detector()
+    plan = _plan_unclaimed(model, bare_host)
+    assert model.backbone.answers["plain"] == [(n, id(p)) for n, p in nn.Module.named_parameters(model.backbone)]
+    assert {r.name for r in plan.rows if r.reason == "model.no_weight_decay()"} == {
+        "backbone.blocks.0.table", "backbone.blocks.1.table"}
+
+
+def test_a_listing_under_inner_wrappers_or_sharing_is_torchs_own(bare_host):
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    wrapped = ListsItsTables()
+    wrapped.blocks[0] = checkpoint_wrapper(wrapped.blocks[0])  # as activation checkpointing leaves a model
+    tied = ListsItsTables()
+    tied.blocks[1].proj.weight = tied.blocks[0].proj.weight
+    for model in (wrapped, tied):
+        plan = _plan_unclaimed(model, bare_host)
+        assert model.answers["plain type"] == "generator"
+        assert model.answers["plain"] == [(n, id(p)) for n, p in nn.Module.named_parameters(model)]
+        assert "named_parameters" not in vars(model)
+        # the wrapper's component in the model's own list is dropped, as it is from the plan's names
+        assert {r.name for r in plan.rows if r.reason == "model.no_weight_decay()"} == {
+            "blocks.0.table", "blocks.1.table"}
+
+
+class OwnListing(ListsItsTables):
+    calls = 0
+
+    def named_parameters(self, *args, **kwargs):
+        OwnListing.calls += 1
+        return super().named_parameters(*args, **kwargs)
+
+
+class WatchesSubclasses(ListsItsTables):
+    seen: ClassVar[list[type]] = []
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        WatchesSubclasses.seen.append(cls)
+
+
+class Finalized(ListsItsTables):
+    def __del__(self):
+        pass
+
+
+@pytest.mark.parametrize("cls", [OwnListing, WatchesSubclasses, Finalized])
+def test_a_class_that_lists_its_own_way_or_watches_subclasses_is_asked_itself(bare_host, cls):
+    """A class's own listing is its to answer; a class hook or a finalizer would see a subclass or a second
+    object: those modules are asked directly, with torch's listing."""
+    model = cls()
+    plan = _plan_unclaimed(model, bare_host)
+    assert model.answers["plain type"] == "generator"
+    assert model.answers["plain"] == [(n, id(p)) for n, p in nn.Module.named_parameters(model)]
+    assert {r.name for r in plan.rows if r.reason == "model.no_weight_decay()"} == {"blocks.0.table", "blocks.1.table"}
+    if cls is OwnListing:
+        assert OwnListing.calls >= 4
+    assert WatchesSubclasses.seen == []
+
+
+def test_a_failing_listing_leaves_the_model_as_it_was(bare_host):
+    class Fails(ListsItsTables):
+        def no_weight_decay(self):
+            super().no_weight_decay()
+            raise RuntimeError("no list today")
+
+    model = Fails()
+    with pytest.raises(layerdecay.ModelError, match=r"Fails\.no_weight_decay\(\) \(the root\) raised RuntimeError: "
+                       r"no list today"):
+        layerdecay.explain(model, layer_decay=1.0, host=bare_host)
+    assert "named_parameters" not in vars(model)
+    assert type(model.named_parameters()).__name__ == "generator"
+
+
+@pytest.mark.parametrize(("listed", "fragment"), [
+    ("blocks.0.table", "gave 'blocks.0.table' (str)"),
+    ({"blocks.0.table", 3}, "gave 3 (int)"),
+    (None, "gave None (NoneType)"),
+])
+def test_a_listing_that_is_not_names_is_refused(bare_host, listed, fragment):
+    class Bad(ListsItsTables):
+        def no_weight_decay(self):
+            return listed
+
+    with pytest.raises(layerdecay.ModelError, match=r"Bad\.no_weight_decay\(\) \(the root\) ") as info:
+        layerdecay.explain(Bad(), layer_decay=1.0, host=bare_host)
+    assert fragment in str(info.value) and "parameter names (strings)" in str(info.value)
+
+
+@pytest.mark.parametrize("arch", ["swin_tiny_patch4_window7_224", "beit_base_patch16_224"])
+def test_timm_models_that_list_their_own_parameters(arch):
+    """timm's Swin and BEiT build ``no_weight_decay()`` from their own parameters: every one it lists (asked
+    here directly) gets no weight decay in the plan."""
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        model = timm.create_model(arch, pretrained=False)
+    listed = set(model.no_weight_decay()) & {n for n, _ in model.named_parameters()}  # BEiT lists a 'pos_embed'
+    assert sum("relative_position_bias_table" in n for n in listed) >= 12
+    plan = layerdecay.explain(model, layer_decay=0.75)
+    assert {r.name for r in plan.rows if r.weight_decay == 0.0} >= listed
+    assert "named_parameters" not in vars(model)

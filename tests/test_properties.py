@@ -68,6 +68,22 @@ class CheckpointLike(nn.Module):
 
 
 WRAPPERS = (DDPLike, CompiledLike, FSDPLike, CheckpointLike)
+LISTED_NAMES = ("weight", "w")  # what a module's own no_weight_decay() lists, as timm's Swin lists its tables
+
+
+def own_weights(module: nn.Module) -> set[str]:
+    """A ``no_weight_decay()`` built the way many timm models build theirs: from the module's own listing."""
+    return {n for n, _ in module.named_parameters() if n.rpartition(".")[2] in LISTED_NAMES}
+
+
+_LISTING_CLASSES: dict[type, type] = {}
+
+
+def listing_class(cls: type) -> type:
+    """``cls`` with :func:`own_weights` as its ``no_weight_decay()`` (one subclass per class)."""
+    if cls not in _LISTING_CLASSES:
+        _LISTING_CLASSES[cls] = type(f"Listing{cls.__name__}", (cls,), {"no_weight_decay": own_weights})
+    return _LISTING_CLASSES[cls]
 
 
 def _raw(rng: random.Random) -> nn.Module:
@@ -117,7 +133,8 @@ def _tree(rng: random.Random, depth: int) -> nn.Module:
 
 
 def build_model(seed: int) -> nn.Module:
-    """A random tree (shared modules and parameters, frozen subsets) on meta or CPU, from ``seed``."""
+    """A random tree (shared modules and parameters, frozen subsets, a module's own ``no_weight_decay()``) on
+    meta or CPU, from ``seed``."""
     rng = random.Random(seed)
     device = rng.choice(("meta", "cpu"))
     with torch.device(device):
@@ -134,6 +151,9 @@ def build_model(seed: int) -> nn.Module:
     if len(linears) >= 2 and rng.random() < 0.5:  # a tied parameter
         a, b = rng.sample(linears, 2)
         b.weight = a.weight
+    if rng.random() < 0.5:  # a module that lists some of its own parameters in no_weight_decay()
+        holder = rng.choice(modules)
+        holder.__class__ = listing_class(type(holder))
     params = list(root.parameters())
     frozen_share = rng.choice((0.0, 0.3, 0.7))
     for p in params:
@@ -233,6 +253,33 @@ if pytest is not None:
             below = {id(p) for p in module.parameters()}
             assert {id(view.params[i]) for i in view.span(path)} <= below  # a tied one counts where first seen
             assert view.shapes == tuple(p.shape for p in view.params)
+        # Each module's own listing as the walk answers it: torch's, wherever the walk can tell.
+        shared = len(list(model.named_modules(remove_duplicate=False))) != len(view.modules) or len(
+            list(model.named_parameters(remove_duplicate=False))) != len(view.names)
+        for path, module in model.named_modules():
+            listed = view.named_parameters_of(path)
+            assert (listed is None) == shared
+            if listed is not None:
+                assert [(n, id(p)) for n, p in listed] == [(n, id(p)) for n, p in module.named_parameters()]
+        wrapped = layerdecay.ModelView(wrap_model(model, seed))  # wrappers inside spell out their components
+        for path, module in wrapped.modules.items():
+            listed = wrapped.named_parameters_of(path)
+            if listed is not None:
+                assert [(n, id(p)) for n, p in listed] == [(n, id(p)) for n, p in module.named_parameters()]
+
+    @SETTINGS
+    @given(seed=seeds, wrap_seed=seeds)
+    def test_a_modules_own_list_is_honoured_under_wrappers(host, seed, wrap_seed):
+        """Whatever a module's ``no_weight_decay()`` lists (read off its own parameters, asked here directly)
+        gets no weight decay, bare or with wrappers around and inside the model."""
+        model = build_model(seed)
+        listed = {f"{path}.{n}" if path else n for path, m in model.named_modules()
+                  if hasattr(m, "no_weight_decay") for n in m.no_weight_decay()}
+        for plan in (_explain(model, host), _explain(wrap_model(model, wrap_seed), host)):
+            for row in plan.rows:
+                if row.name in listed:
+                    assert row.weight_decay == 0.0, row.name
+            assert "named_parameters" not in vars(model)
 
     @SETTINGS
     @given(seed=seeds, layer_decay=decays, weight_decay=weight_decays)

@@ -105,6 +105,9 @@ class Walk(NamedTuple):
     types: list[type]
     spans: dict[str, range]
     flat_shapes: dict[int, torch.Size]
+    # Whether every module's ``named_parameters()`` lists what its span lists, under the same names: no
+    # parameter listed twice and no wrapper peeled below the root.
+    matches_torch_listing: bool
 
 
 def _walk_unshared(model: nn.Module) -> Walk | None:
@@ -126,12 +129,15 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
     add_name, add_local, add_param, add_owner = names.append, local_names.append, params.append, owners.append
     add_type, span = types.append, range
     wrapper_free = _ALWAYS_WRAPPER_CHILDREN.isdisjoint
+    inner_wrappers: list[str] = []  # wrappers below the root, whose component the names leave out
 
     def visit(prefix: str, module: nn.Module) -> None:
         children = module._modules
         if len(children) == 1:
             inner = _wrapped_child(module)
             if inner is not None:
+                if modules:
+                    inner_wrappers.append(prefix)
                 if "_fsdp_wrapped_module" in children:
                     _flat_view_shapes(module, flat_shapes)
                 visit(prefix, inner)
@@ -151,7 +157,11 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
             if child is None:
                 continue
             if child._modules or not (plain or cname not in _ALWAYS_WRAPPER_CHILDREN):
-                visit(prefix if cname in _ALWAYS_WRAPPER_CHILDREN else prefix + cname + ".", child)
+                if cname in _ALWAYS_WRAPPER_CHILDREN:
+                    inner_wrappers.append(prefix)
+                    visit(prefix, child)
+                else:
+                    visit(prefix + cname + ".", child)
                 continue
             child_path = prefix + cname
             modules[child_path] = child
@@ -181,7 +191,7 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
         visit = None  # type: ignore[assignment]
     if len(set(map(id, params))) != len(params) or not _all_distinct(modules.values()):
         return None
-    return Walk(names, local_names, params, owners, modules, types, spans, flat_shapes)
+    return Walk(names, local_names, params, owners, modules, types, spans, flat_shapes, not inner_wrappers)
 
 
 def _all_distinct(modules: Collection[nn.Module]) -> bool:
@@ -243,7 +253,7 @@ def _walk(model: nn.Module) -> Walk:
         children = [(prefix if cname in _ALWAYS_WRAPPER_CHILDREN else prefix + cname + ".", child)
                     for cname, child in module._modules.items() if child is not None]
         stack.extend(reversed(children))
-    return Walk(names, local_names, params, owners, modules, types, spans, flat_shapes)
+    return Walk(names, local_names, params, owners, modules, types, spans, flat_shapes, False)
 
 
 class ModelView:
@@ -262,20 +272,22 @@ class ModelView:
         module_types: The class of each module, aligned with ``modules`` (its insertion order): finding
             modules by type is a search of this tuple rather than a pass over the modules
             (:meth:`modules_of_type`), and :meth:`modules_at` fetches what a search found.
+        matches_torch_listing: Whether each module's own ``named_parameters()`` lists its :meth:`span` under the
+            same names (relative to the module): no wrapper below the root, nothing listed twice.
         true_shapes: ``id(param)`` -> real shape, for the parameters whose tensor shows something else (FSDP1
             ``use_orig_params=True`` flat views); empty for ordinary models. :meth:`shape_of` reads it.
         cache: Scratch space for plugins, so that ``layerdecay_num_layers`` and ``layerdecay_layer_id``
             can share one analysis of the model. Key it by your plugin's name.
     """
 
-    __slots__ = ("_index", "_shapes", "_spans", "cache", "local_names", "model", "module_types", "modules", "names",
-                 "owners", "params", "true_shapes")
+    __slots__ = ("_index", "_shapes", "_spans", "cache", "local_names", "matches_torch_listing", "model",
+                 "module_types", "modules", "names", "owners", "params", "true_shapes")
 
     def __init__(self, model: nn.Module) -> None:
         walk = _walk_unshared(model)
         if walk is None:  # a module or parameter is shared (or the tree has a cycle): the careful walk
             walk = _walk(model)
-        names, local_names, params, owners, modules, types, spans, flat_shapes = walk
+        names, local_names, params, owners, modules, types, spans, flat_shapes, matches_torch_listing = walk
         self.model = unwrap(model)
         self.names: tuple[str, ...] = tuple(names)
         self.local_names: tuple[str, ...] = tuple(local_names)
@@ -285,6 +297,7 @@ class ModelView:
         self.module_types: tuple[type, ...] = tuple(types)
         self.cache: dict[str, Any] = {}
         self._spans = spans
+        self.matches_torch_listing = matches_torch_listing
         self.true_shapes = flat_shapes
         self._index: dict[str, int] | None = None
         self._shapes: tuple[torch.Size, ...] | None = None
@@ -348,6 +361,19 @@ class ModelView:
         without parameters, or an unknown path.
         """
         return self._spans.get(path, _EMPTY)
+
+    def named_parameters_of(self, path: str) -> list[tuple[str, torch.Tensor]] | None:
+        """What ``named_parameters()`` of the module at ``path`` lists (names relative to that module), read
+        off the walk; None where the walk's names are not the module's own (a wrapper below the root, or a
+        module or parameter that appears twice), or for an unknown path."""
+        if not self.matches_torch_listing or path not in self.modules:
+            return None
+        at = self.span(path)
+        names, params = self.names[at.start:at.stop], self.params[at.start:at.stop]
+        if path:
+            cut = len(path) + 1
+            names = tuple(name[cut:] for name in names)
+        return list(zip(names, params, strict=True))
 
     def shape_of(self, param: torch.Tensor) -> torch.Size:
         """The real, full shape of a parameter: DTensor shards report their global shape, and FSDP1 flat views

@@ -11,14 +11,15 @@ meaning: the owning module's type first, then the parameter's name, then the mod
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress, repeat
 from operator import attrgetter, itemgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from layerdecay.errors import ModelError
 from layerdecay.model_view import ModelView
 
 __all__ = ["Decision", "MeaningPolicy", "Policy", "meaning_policy", "is_norm_module"]
@@ -131,16 +132,112 @@ def _model_no_weight_decay(view: ModelView) -> tuple[frozenset[str], tuple[str, 
     """
     names: set[str] = set()
     keywords: list[str] = []
+    plan_name_of: dict[int, str] | None = None
     # Which classes define the lists is asked once per class (a deep model has many modules, few classes);
     # their modules are asked in tree order.
     for path, module in view.modules_of_type(_defines_lists):
         prefix = path + "." if path else ""
         has_names, has_keywords = _lists_of(type(module))
-        if has_names:
-            names.update(prefix + n for n in module.no_weight_decay())
-        if has_keywords:
-            keywords.extend(module.no_weight_decay_keywords())
+        asked = _twin(view, path, module)
+        try:
+            listed = _listed_names(asked, path) if has_names else []
+            if has_keywords:
+                keywords.extend(_asked(asked, path, "no_weight_decay_keywords"))
+        finally:
+            if asked is not module:
+                del _TWIN_ANSWERS[id(asked)]
+        if view.matches_torch_listing:
+            names.update(prefix + n for n in listed)
+            continue
+        # A list made from the module's own listing spells out the wrappers inside it (blocks wrapped for
+        # activation checkpointing, say) and a tied parameter under its name there: such names are found
+        # by the tensor they name. Names the listing does not know are taken as written.
+        if plan_name_of is None:
+            plan_name_of = {id(p): n for n, p in zip(view.names, view.params, strict=True)}
+        own = dict(nn.Module.named_parameters(module)) if listed else {}
+        names.update(plan_name_of.get(id(own[n]), prefix + n) if n in own else prefix + n for n in listed)
     return frozenset(names), tuple(keywords)
+
+
+def _where(path: str) -> str:
+    return f"the module at {path!r}" if path else "the root"
+
+
+def _asked(module: nn.Module, path: str, method: str) -> Any:
+    """The answer of the module's own ``no_weight_decay()`` or ``no_weight_decay_keywords()``; a failure is the
+    model's, and is reported as such rather than as the core policy's."""
+    try:
+        return getattr(module, method)()
+    except Exception as exc:
+        raise ModelError(f"{type(module).__name__}.{method}() ({_where(path)}) raised {type(exc).__name__}: {exc}. "
+                         f"Every module that defines it is asked for its list while the plan is made."
+                         ) from exc
+
+
+def _listed_names(module: nn.Module, path: str) -> list[str]:
+    """The module's ``no_weight_decay()``, checked: a bare string would otherwise be read a letter at a time."""
+    listed = _asked(module, path, "no_weight_decay")
+    try:
+        items = None if isinstance(listed, str) else list(listed)
+    except TypeError:
+        items = None
+    if items is None or not all(isinstance(n, str) for n in items):
+        bad = listed if items is None else next(n for n in items if not isinstance(n, str))
+        raise ModelError(
+            f"{type(module).__name__}.no_weight_decay() ({_where(path)}) gave {bad!r} ({type(bad).__name__}); it "
+            f"must return a collection of parameter names (strings) relative to that module, such as "
+            f"{{'pos_embed', 'cls_token'}}.")
+    return items
+
+
+_TORCH_LISTING = (nn.Module.named_parameters, nn.Module._named_members, nn.Module.named_modules)
+# id(twin) -> (view, the module's path, its pairs once read): what each twin answers while its lists are read.
+_TWIN_ANSWERS: dict[int, tuple[ModelView, str, list[tuple[str, torch.Tensor]]]] = {}
+_TWIN_UNSAFE = ("__init_subclass__", "__slots__", "__del__")
+
+
+def _twin_named_parameters(self: nn.Module, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+                           ) -> Iterator[tuple[str, torch.Tensor]]:
+    answer = _TWIN_ANSWERS.get(id(self))
+    if answer is None or prefix or not recurse:
+        return nn.Module.named_parameters(self, prefix, recurse, remove_duplicate)
+    view, path, pairs = answer
+    if not pairs:
+        pairs.extend(view.named_parameters_of(path) or ())
+    return iter(pairs)
+
+
+@functools.lru_cache(maxsize=256)
+def _twin_class(cls: type) -> type | None:
+    """``cls`` with a ``named_parameters()`` that answers from the plan's walk, or None where a twin could do
+    more than answer: the class lists its parameters its own way, reacts to being subclassed (a metaclass,
+    ``__init_subclass__``), or has slots or a finalizer, which an object sharing a module's attributes must not
+    have."""
+    if ((cls.named_parameters, cls._named_members, cls.named_modules) != _TORCH_LISTING or type(cls) is not type
+            or any(hook in vars(k) for k in cls.__mro__[:-1] for hook in _TWIN_UNSAFE)):
+        return None
+    namespace = {"named_parameters": _twin_named_parameters, "__module__": cls.__module__,
+                 "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+    return type(cls.__name__, (cls,), namespace)
+
+
+def _twin(view: ModelView, path: str, module: nn.Module) -> nn.Module:
+    """The object a module's own lists are asked of: the module itself, or its twin.
+
+    Many timm models (Swin, BEiT, MaxViT, MViTv2, EfficientFormer, ...) build ``no_weight_decay()`` by
+    walking their own parameters: a second walk, as costly as the plan's. The twin is an instance of a
+    subclass that shares the module's attribute dict (so it reads, and would write, the module's own state)
+    and answers the plain ``named_parameters()`` (no prefix, recursive) with the walk's pairs: the same names,
+    tensors and order as torch's. Nothing is set on the module. Where the walk's names are not the module's
+    own (wrappers inside, sharing), the module itself is asked.
+    """
+    twin_class = _twin_class(type(module)) if view.matches_torch_listing else None
+    if twin_class is None:
+        return module
+    twin = object.__new__(twin_class)
+    object.__setattr__(twin, "__dict__", module.__dict__)
+    _TWIN_ANSWERS[id(twin)] = (view, path, [])
+    return twin
 
 
 class MeaningPolicy:
