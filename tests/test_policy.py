@@ -386,7 +386,34 @@ def test_a_listing_that_is_not_names_is_refused(bare_host, listed, fragment):
 
     with pytest.raises(layerdecay.ModelError, match=r"Bad\.no_weight_decay\(\) \(the root\) ") as info:
         layerdecay.explain(Bad(), layer_decay=1.0, host=bare_host)
-    assert fragment in str(info.value) and "parameter names (strings)" in str(info.value)
+    assert fragment in str(info.value) and "a collection of strings: parameter names" in str(info.value)
+
+
+def test_keywords_that_are_not_strings_are_refused_naming_the_module(bare_host):
+    class KeywordsBackbone(ListsItsTables):
+        def no_weight_decay_keywords(self):
+            return "table"
+
+    model = nn.Module()
+    model.backbone = KeywordsBackbone()
+    with pytest.raises(layerdecay.ModelError, match=r"KeywordsBackbone\.no_weight_decay_keywords\(\) \(the module "
+                       r"at 'backbone'\) gave 'table' \(str\); it must return a collection of strings: parts of"):
+        layerdecay.explain(model, layer_decay=1.0, host=bare_host)
+
+
+def test_a_list_that_fails_on_the_twin_is_asked_of_the_module_itself(bare_host):
+    """A method that tells its module by identity (a registry keyed by the module, say) fails on the twin: the
+    module itself then answers, and the plan is what it would have been."""
+    registry: dict[int, set[str]] = {}
+
+    class Registered(ListsItsTables):
+        def no_weight_decay(self):
+            return registry[id(self)]
+
+    model = Registered()
+    registry[id(model)] = {"blocks.1.table"}
+    plan = _plan_unclaimed(model, bare_host)
+    assert {r.name for r in plan.rows if r.reason == "model.no_weight_decay()"} == {"blocks.1.table"}
 
 
 @pytest.mark.parametrize("arch", ["swin_tiny_patch4_window7_224", "beit_base_patch16_224"])

@@ -138,14 +138,18 @@ def _model_no_weight_decay(view: ModelView) -> tuple[frozenset[str], tuple[str, 
     for path, module in view.modules_of_type(_defines_lists):
         prefix = path + "." if path else ""
         has_names, has_keywords = _lists_of(type(module))
-        asked = _twin(view, path, module)
+        twin = _twin(view, path, module)
         try:
-            listed = _listed_names(asked, path) if has_names else []
-            if has_keywords:
-                keywords.extend(_asked(asked, path, "no_weight_decay_keywords"))
+            listed, more = _read_lists(twin or module, path, has_names, has_keywords)
+        except ModelError:
+            if twin is None:
+                raise
+            # The twin is a shortcut and must never change an outcome: the module itself has the last word.
+            listed, more = _read_lists(module, path, has_names, has_keywords)
         finally:
-            if asked is not module:
-                del _TWIN_ANSWERS[id(asked)]
+            if twin is not None:
+                del _TWIN_ANSWERS[id(twin)]
+        keywords.extend(more)
         if view.matches_torch_listing:
             names.update(prefix + n for n in listed)
             continue
@@ -174,19 +178,27 @@ def _asked(module: nn.Module, path: str, method: str) -> Any:
                          ) from exc
 
 
-def _listed_names(module: nn.Module, path: str) -> list[str]:
-    """The module's ``no_weight_decay()``, checked: a bare string would otherwise be read a letter at a time."""
-    listed = _asked(module, path, "no_weight_decay")
+def _read_lists(module: nn.Module, path: str, has_names: bool, has_keywords: bool) -> tuple[list[str], list[str]]:
+    listed = _strings(module, path, "no_weight_decay", _NAMES_EXAMPLE) if has_names else []
+    keywords = _strings(module, path, "no_weight_decay_keywords", _KEYWORDS_EXAMPLE) if has_keywords else []
+    return listed, keywords
+
+
+_NAMES_EXAMPLE = "parameter names relative to that module, such as {'pos_embed', 'cls_token'}"
+_KEYWORDS_EXAMPLE = "parts of parameter names, such as {'relative_position_bias_table'}"
+
+
+def _strings(module: nn.Module, path: str, method: str, expected: str) -> list[str]:
+    """One of the module's own lists, checked: a bare string would otherwise be read a letter at a time."""
+    answer = _asked(module, path, method)
     try:
-        items = None if isinstance(listed, str) else list(listed)
+        items = None if isinstance(answer, str) else list(answer)
     except TypeError:
         items = None
     if items is None or not all(isinstance(n, str) for n in items):
-        bad = listed if items is None else next(n for n in items if not isinstance(n, str))
-        raise ModelError(
-            f"{type(module).__name__}.no_weight_decay() ({_where(path)}) gave {bad!r} ({type(bad).__name__}); it "
-            f"must return a collection of parameter names (strings) relative to that module, such as "
-            f"{{'pos_embed', 'cls_token'}}.")
+        bad = answer if items is None else next(n for n in items if not isinstance(n, str))
+        raise ModelError(f"{type(module).__name__}.{method}() ({_where(path)}) gave {bad!r} ({type(bad).__name__}); "
+                         f"it must return a collection of strings: {expected}.")
     return items
 
 
@@ -221,8 +233,8 @@ def _twin_class(cls: type) -> type | None:
     return type(cls.__name__, (cls,), namespace)
 
 
-def _twin(view: ModelView, path: str, module: nn.Module) -> nn.Module:
-    """The object a module's own lists are asked of: the module itself, or its twin.
+def _twin(view: ModelView, path: str, module: nn.Module) -> nn.Module | None:
+    """The object a module's own lists are asked of instead of the module, or None to ask the module itself.
 
     Many timm models (Swin, BEiT, MaxViT, MViTv2, EfficientFormer, ...) build ``no_weight_decay()`` by
     walking their own parameters: a second walk, as costly as the plan's. The twin is an instance of a
@@ -233,7 +245,7 @@ def _twin(view: ModelView, path: str, module: nn.Module) -> nn.Module:
     """
     twin_class = _twin_class(type(module)) if view.matches_torch_listing else None
     if twin_class is None:
-        return module
+        return None
     twin = object.__new__(twin_class)
     object.__setattr__(twin, "__dict__", module.__dict__)
     _TWIN_ANSWERS[id(twin)] = (view, path, [])
