@@ -160,7 +160,7 @@ def _marker_blocks(view: ModelView, text: str, markers: list[str]) -> dict[str, 
     full by :func:`_block_of_marker`, a marker with the same text after its block costs a suffix test (a
     table) or one search (an MLP), checked to give the answer the full parse would.
     """
-    names, params, shape_of = view.names, view.params, view.shape_of
+    names, shapes = view.names, view.shapes  # the shapes, read once per plan, are what the analysis reads next
     blocks: dict[str, str] = {}
     tail, cut = "", 0  # the text after the block in the last table parsed in full (".attn.<table>"), -its length
     mid = ""  # the text between the block and the MLP's parameters in the last MLP parsed in full
@@ -172,7 +172,7 @@ def _marker_blocks(view: ModelView, text: str, markers: list[str]) -> dict[str, 
         for piece in pieces:
             line += piece.count("\n")
             name = names[line]
-            if name.endswith(_DOT_TABLE) and len(shape_of(params[line])) == 2:
+            if name.endswith(_DOT_TABLE) and len(shapes[line]) == 2:
                 if tail and name.endswith(tail):
                     # The same components, none an index, between the block and the table: the index before
                     # them is the block, when there is one.
