@@ -70,3 +70,12 @@ def test_verdicts_hold_each_case_against_its_limit():
     assert not any(target.startswith(("build", "step")) for target, _ in met)
     at_limit = bench.verdicts({"memory": {"depth": 4000, "peak_rss_growth_mib": 50.0, "meta_tensors": 4, "tensors": 4}})
     assert [row["met"] for row in at_limit] == ["no", "yes"]  # "under 50 MiB" is strict
+
+
+def test_the_twin_benchmark_runs(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "twin.py"), "--quick"],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, _, *rows = result.stdout.strip().splitlines()
+    assert "twin_vs_no_twin" in header and len(rows) == 2
+    assert "swin_tiny_patch4_window7_224" in rows[0] and "vit_tiny_patch16_224" in rows[1]
