@@ -275,11 +275,13 @@ if pytest is not None:
         model = build_model(seed)
         listed = {f"{path}.{n}" if path else n for path, m in model.named_modules()
                   if hasattr(m, "no_weight_decay") for n in m.no_weight_decay()}
+        modules = list(model.modules())
+        attributes = [set(vars(m)) for m in modules]
         for plan in (_explain(model, host), _explain(wrap_model(model, wrap_seed), host)):
             for row in plan.rows:
                 if row.name in listed:
                     assert row.weight_decay == 0.0, row.name
-            assert "named_parameters" not in vars(model)
+        assert [set(vars(m)) for m in modules] == attributes  # nothing was set on any module
 
     @SETTINGS
     @given(seed=seeds, layer_decay=decays, weight_decay=weight_decays)
