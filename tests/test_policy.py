@@ -346,10 +346,14 @@ class Finalized(ListsItsTables):
         pass
 
 
-@pytest.mark.parametrize("cls", [OwnListing, WatchesSubclasses, Finalized])
+class AlsoADict(ListsItsTables, dict):  # a C-level base: object.__new__ cannot make a twin of it
+    __hash__ = object.__hash__  # hashable by identity, as torch's listing needs
+
+
+@pytest.mark.parametrize("cls", [OwnListing, WatchesSubclasses, Finalized, AlsoADict])
 def test_a_class_that_lists_its_own_way_or_watches_subclasses_is_asked_itself(bare_host, cls):
     """A class's own listing is its to answer; a class hook or a finalizer would see a subclass or a second
-    object: those modules are asked directly, with torch's listing."""
+    object, and a C-level base cannot have one made: those modules are asked directly, with torch's listing."""
     model = cls()
     plan = _plan_unclaimed(model, bare_host)
     assert model.answers["plain type"] == "generator"

@@ -140,7 +140,7 @@ def _model_no_weight_decay(view: ModelView) -> tuple[frozenset[str], tuple[str, 
         has_names, has_keywords = _lists_of(type(module))
         twin = _twin(view, path, module)
         try:
-            listed, more = _read_lists(twin or module, path, has_names, has_keywords)
+            listed, more = _read_lists(module if twin is None else twin, path, has_names, has_keywords)
         except ModelError:
             if twin is None:
                 raise
@@ -246,8 +246,11 @@ def _twin(view: ModelView, path: str, module: nn.Module) -> nn.Module | None:
     twin_class = _twin_class(type(module)) if view.matches_torch_listing else None
     if twin_class is None:
         return None
-    twin = object.__new__(twin_class)
-    object.__setattr__(twin, "__dict__", module.__dict__)
+    try:
+        twin = object.__new__(twin_class)
+        object.__setattr__(twin, "__dict__", module.__dict__)
+    except TypeError:  # a class whose instances object.__new__ cannot make (a C-level base)
+        return None
     _TWIN_ANSWERS[id(twin)] = (view, path, [])
     return twin
 
