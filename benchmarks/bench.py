@@ -43,6 +43,18 @@ QUICK_BUILD_TENSORS = 10_000
 STEP_PAIRS = 3
 
 
+def block_median(fn: Callable[[], object], repeats: int) -> float:
+    """The median time of ``repeats`` calls of ``fn`` in a row, after ``WARM_UP_CALLS`` untimed ones."""
+    for _ in range(WARM_UP_CALLS):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def median_times(fns: list[Callable[[], object]], repeats: int, turns: int = TURNS) -> list[float]:
     """Each function's time: the median of ``repeats`` calls in a row after a warm-up, as a microbenchmark times
     one thing at a time (calls of another contender in between would evict its code and data from the caches).
@@ -59,15 +71,7 @@ def median_times(fns: list[Callable[[], object]], repeats: int, turns: int = TUR
     order = list(range(len(fns)))
     for turn in range(turns):
         for i in order if turn % 2 == 0 else order[::-1]:
-            fn = fns[i]
-            for _ in range(WARM_UP_CALLS):
-                fn()
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            medians[i].append(statistics.median(times))
+            medians[i].append(block_median(fns[i], repeats))
     return [min(m) for m in medians]
 
 

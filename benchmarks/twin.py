@@ -16,7 +16,6 @@ import argparse
 import random
 import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -52,14 +51,7 @@ def paired(arch: str, rounds: int, calls: int) -> dict[str, object]:
         for _ in range(rounds):
             for name in random.sample(list(variants), len(variants)):
                 fn, policy._twin = variants[name]
-                for _ in range(bench.WARM_UP_CALLS):
-                    fn()
-                block = []
-                for _ in range(calls):
-                    start = time.perf_counter()
-                    fn()
-                    block.append(time.perf_counter() - start)
-                times[name].append(statistics.median(block))
+                times[name].append(bench.block_median(fn, calls))
     finally:
         policy._twin = with_twin
 
