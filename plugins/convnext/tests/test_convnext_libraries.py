@@ -3,6 +3,7 @@ and 4, the research repos), and wherever it is nested."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import pytest
@@ -72,6 +73,31 @@ def test_tiny_same_decision_per_module_in_every_library(recipe: str | None) -> N
     # The layer scale really is [C,1,1] in torchvision and still excluded from weight decay.
     row = next(r for r in plan_of(tv, recipe).rows if r.name == "features.1.0.layer_scale")
     assert row.shape == (96, 1, 1) and row.weight_decay == 0.0
+
+
+@pytest.mark.parametrize("depths", [(1, 1, 1, 1), (1, 3, 2, 1)])
+def test_shallow_stages_same_decision_per_module_in_every_library(depths: tuple[int, ...]) -> None:
+    """Stages of one block, whose container holds what a block holds: the stages are still the containers
+    of the blocks, in every library."""
+    dims = [16, 32, 64, 128]
+    cnblock = torchvision.models.convnext.CNBlockConfig
+    settings = [cnblock(dim, dims[s + 1] if s + 1 < len(dims) else None, n)
+                for s, (dim, n) in enumerate(zip(dims, depths, strict=True))]
+    with torch.device("meta"):
+        models = {
+            "timm": timm.models.convnext.ConvNeXt(depths=depths, dims=dims),
+            "torchvision": torchvision.models.convnext.ConvNeXt(settings),
+            "transformers": transformers.ConvNextForImageClassification(
+                transformers.ConvNextConfig(depths=list(depths), hidden_sizes=dims)),
+        }
+    plans = {lib: plan_of(model) for lib, model in models.items()}
+    assert all(plan.num_layers == 3 + math.ceil(depths[2] / 3) + 2 for plan in plans.values())
+    reference = by_canonical(plans["timm"], "timm")
+    for lib, plan in plans.items():
+        got = by_canonical(plan, lib)
+        assert got.keys() == reference.keys(), lib
+        mismatched = {k: (v, reference[k]) for k, v in got.items() if v != reference[k]}
+        assert not mismatched, (lib, mismatched)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -129,12 +129,16 @@ def _block_containers(view: ModelView, kernels: list[int]) -> list[_Stage]:
     """Innermost modules whose children are all ConvNeXt blocks of one width, in the order of the tree.
 
     A block's first non-vector weight is its depthwise kernel, so such a container is the parent of a
-    numbered module above one of ``kernels``: only those parents are examined.
+    numbered module above one of ``kernels``: only those parents are examined. The kernels come in tree
+    order, so once a stage is found, the kernels of its other blocks are passed over unwalked.
     """
     names, modules, span_of = view.names, view.modules, view.span
     verdicts: dict[str, _Stage | None] = {}
     seen: set[str] = set()
+    covered = 0  # where the last stage found ends: the kernels before it lie in its blocks
     for i in kernels:
+        if i < covered:
+            continue
         # Walk up from the kernel, innermost first: a valid container makes its ancestors moot (the
         # innermost one wins), and a module walked before had its ancestors walked then.
         path = names[i].rpartition(".")[0]
@@ -150,11 +154,8 @@ def _block_containers(view: ModelView, kernels: list[int]) -> list[_Stage]:
                     small = (parent_module is not None and parent_module._modules.get(last) is not None
                              and len(span_of(path)) < 3)
                     verdict = verdicts[parent] = None if small else _container(view, parent)
-                    if verdict is not None:
-                        # Any later walk that reaches one of its blocks would stop there as this one does:
-                        # marking them walked ends those walks one step earlier, with the same verdicts.
-                        seen.update(verdict.blocks)
                 if verdict is not None:
+                    covered = max(covered, verdict.span.stop)
                     break
             if not path:
                 break

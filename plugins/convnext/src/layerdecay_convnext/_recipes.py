@@ -8,6 +8,7 @@ feature extractor) there is no separate top, so no layer id is ever empty.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from dataclasses import dataclass
@@ -113,7 +114,10 @@ def _timm_ids(layout: Layout, names: tuple[str, ...]) -> tuple[dict[str, int], i
     return ids, last + 1 + int(outside)
 
 
-_RULES = {"official": _official, "block": _block, "stage": _stage}
+# Each rule is a pure function of (role, depths): worked out once per process for each role of a few
+# configurations, rather than once per block of every plan.
+_RULES = {name: functools.lru_cache(maxsize=4096)(rule)
+          for name, rule in (("official", _official), ("block", _block), ("stage", _stage))}
 
 
 def _ids_by_name(layout: Layout, names: tuple[str, ...], recipe: str) -> tuple[dict[str, int], int]:
