@@ -2,7 +2,8 @@
 
 Run ``python benchmarks/bench.py`` for the full tables, ending with each performance target against the run (a
 few minutes on 2 cores), ``--quick`` for a smoke run (seconds; the test suite runs it once so this file never
-rots), ``--json FILE`` to keep the numbers.
+rots), ``--json FILE`` to keep the numbers, ``--only plan,scaling`` for some sections (``runs.py`` runs them in
+several fresh interpreters and reports each ratio's median and range over the runs).
 Every time is the fastest of a few turns' medians of ``--repeats`` calls after warm-up calls (see
 :func:`median_times`), all in this one process, so the ratios compare like with like. Models are built on the
 ``meta`` device unless a step is timed.
@@ -256,6 +257,22 @@ def memory_case(depth: int) -> Row:
     return {"depth": depth, "peak_rss_growth_mib": float(out[0]), "meta_tensors": int(out[1]), "tensors": int(out[2])}
 
 
+# Each section of a run: its title and the columns of its table (None: every field of its one row).
+SECTIONS: dict[str, tuple[str, list[str] | None]] = {
+    "plan": ("plan time (param_groups; floor = listing named_parameters and reading shapes)",
+             ["case", "tensors", "owner", "floor_ms", "ours_ms", "timm_ms", "nwd_ms", "ours_vs_floor",
+              "explain_vs_floor", "timm_vs_floor", "timm_vs_ours", "our_groups", "timm_groups"]),
+    "build": ("build_optimizer end to end against timm's create_optimizer_v2(..., layer_decay=0.75)",
+              ["case", "groups", "ours_ms", "timm_ms", "ours_vs_timm"]),
+    "scaling": ("scaling", ["depths", "tensors", "small_ms", "large_ms", "time_ratio", "size_ratio", "floor_ratio"]),
+    "imports": ("imports (fresh interpreters)", None),
+    "step": ("optimizer step, ViT-B/16 on CPU: the plan's groups against one group",
+             ["impl", "depth", "groups", "timm_groups", "single_ms", "grouped_ms", "ratio", "per_group_us",
+              "groups_cost_ratio"]),
+    "memory": ("memory", None),
+}
+
+
 # The performance targets (docs/performance.md): (section, field, the target's words, how the field must
 # compare with the limit, the limit).
 TARGETS = (
@@ -329,7 +346,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="tiny models, 1 repeat: a smoke run")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"the sections to run, comma-separated (default: all of {', '.join(SECTIONS)})")
     args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    if not only <= set(SECTIONS):
+        parser.error(f"--only takes sections among {', '.join(SECTIONS)}; got {args.only!r}")
     warnings.simplefilter("ignore", layerdecay.LayerDecayWarning)
     repeats = args.repeats or (1 if args.quick else 7)
     gc.collect()
@@ -350,32 +372,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return arch + "".join(f" {k}={v}" for k, v in kw.items())
 
     results: dict[str, Any] = {"machine": machine(), "repeats": repeats, "quick": args.quick}
-    results["plan"] = [plan_case(label(a, kw), meta_model(a, **kw), repeats) for a, kw in plan_models]
-    results["build"] = [build_case(label(a, kw), meta_model(a, **kw), repeats) for a, kw in build_models]
-    results["scaling"] = scaling(depths, repeats)
-    results["imports"] = import_costs(max(1, min(repeats, 5)))
-    results["step"] = step_case(step_depth, repeats)
-    results["memory"] = memory_case(memory_depth)
+    if "plan" in only:
+        results["plan"] = [plan_case(label(a, kw), meta_model(a, **kw), repeats) for a, kw in plan_models]
+    if "build" in only:
+        results["build"] = [build_case(label(a, kw), meta_model(a, **kw), repeats) for a, kw in build_models]
+    if "scaling" in only:
+        results["scaling"] = scaling(depths, repeats)
+    if "imports" in only:
+        results["imports"] = import_costs(max(1, min(repeats, 5)))
+    if "step" in only:
+        results["step"] = step_case(step_depth, repeats)
+    if "memory" in only:
+        results["memory"] = memory_case(memory_depth)
 
     print(f"machine: {results['machine']}; per contender the fastest of {PLAN_TURNS} turns' medians (plans, "
           f"scaling and the builds of models under {QUICK_BUILD_TENSORS:,} tensors; {TURNS} turns elsewhere) "
-          f"of {repeats} calls, each after {WARM_UP_CALLS} untimed\n")
-    print("plan time (param_groups; floor = listing named_parameters and reading shapes)")
-    print(table(results["plan"], ["case", "tensors", "owner", "floor_ms", "ours_ms", "timm_ms", "nwd_ms",
-                                  "ours_vs_floor", "explain_vs_floor", "timm_vs_floor", "timm_vs_ours", "our_groups",
-                                  "timm_groups"]))
-    print("\nbuild_optimizer end to end against timm's create_optimizer_v2(..., layer_decay=0.75)")
-    print(table(results["build"], ["case", "groups", "ours_ms", "timm_ms", "ours_vs_timm"]))
-    print("\nscaling")
-    print(table([results["scaling"]], ["depths", "tensors", "small_ms", "large_ms", "time_ratio", "size_ratio",
-                                       "floor_ratio"]))
-    print("\nimports (fresh interpreters)")
-    print(table([results["imports"]], list(results["imports"])))
-    print("\noptimizer step, ViT-B/16 on CPU: the plan's groups against one group")
-    print(table(results["step"], ["impl", "depth", "groups", "timm_groups", "single_ms", "grouped_ms", "ratio",
-                                  "per_group_us", "groups_cost_ratio"]))
-    print("\nmemory")
-    print(table([results["memory"]], list(results["memory"])))
+          f"of {repeats} calls, each after {WARM_UP_CALLS} untimed")
+    for section, (title, columns) in SECTIONS.items():
+        if section in results:
+            found = results[section]
+            print(f"\n{title}")
+            print(table(found if isinstance(found, list) else [found], columns or list(found)))
     results["targets"] = verdicts(results)
     print("\ntargets, against this run" + (" (quick: small models, so the figures say little)" if args.quick else ""))
     print(table(results["targets"], ["target", "case", "value", "met"]))

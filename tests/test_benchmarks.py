@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -79,3 +81,54 @@ def test_the_twin_benchmark_runs(tmp_path):
     header, _, *rows = result.stdout.strip().splitlines()
     assert "twin_vs_no_twin" in header and len(rows) == 2
     assert "swin_tiny_patch4_window7_224" in rows[0] and "vit_tiny_patch16_224" in rows[1]
+
+
+def _runs_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("runs", ROOT / "benchmarks" / "runs.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
+
+
+def _plan_run(ours_vs_floor: float, timm_vs_ours: float) -> dict:
+    return {"plan": [{"case": "vit", "ours_vs_floor": ours_vs_floor, "explain_vs_floor": 1.0,
+                      "timm_vs_ours": timm_vs_ours}],
+            "scaling": {"depths": [400, 4000], "time_ratio": 11.0, "floor_ratio": 12.0}}
+
+
+def test_runs_summary_takes_each_ratios_median_and_range_and_counts_the_runs_that_met_a_target():
+    runs = _runs_module()
+    results = [_plan_run(2.3, 2.5), _plan_run(1.8, 1.9), _plan_run(1.9, 2.2)]
+    rows, medians = runs.summarize(results)
+    floor = next(r for r in rows if r["case"] == "vit" and r["ratio"] == "ours_vs_floor")
+    assert (floor["median"], floor["min"], floor["max"], floor["runs"]) == (1.9, 1.8, 2.3, 3)
+    assert medians["plan"][0]["timm_vs_ours"] == 2.2 and medians["scaling"]["time_ratio"] == 11.0
+    verdicts = {row["target"]: row for row in runs.targets(results, medians)}
+    assert verdicts["plan <= 2x the floor"]["met_at_median"] == "yes"
+    assert verdicts["plan <= 2x the floor"]["runs_met"] == "2 of 3"
+    assert verdicts["plan >= 2x faster than timm"]["runs_met"] == "2 of 3"
+    assert verdicts["10x the tensors in <= 12x the time"]["met_at_median"] == "yes"
+
+
+def test_runs_summary_refuses_runs_of_different_cases():
+    runs = _runs_module()
+    other = _plan_run(1.0, 3.0)
+    other["plan"][0]["case"] = "convnext"
+    with pytest.raises(ValueError, match="different cases"):
+        runs.summarize([_plan_run(1.0, 3.0), other])
+
+
+def test_the_runs_benchmark_runs(tmp_path):
+    out = tmp_path / "runs.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "runs.py"), "--quick", "--runs", "1", "--only", "plan",
+         "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert len(data["runs"]) == 1 and {row["section"] for row in data["ratios"]} == {"plan"}
+    assert "targets, against the medians" in result.stdout
