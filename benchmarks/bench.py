@@ -273,6 +273,11 @@ SECTIONS: dict[str, tuple[str, list[str] | None]] = {
 }
 
 
+def rows_of(found: Row | list[Row]) -> list[Row]:
+    """A section's rows: a list of cases, or the one row of a section with a single case."""
+    return found if isinstance(found, list) else [found]
+
+
 # The performance targets (docs/performance.md): (section, field, the target's words, how the field must
 # compare with the limit, the limit).
 TARGETS = (
@@ -306,7 +311,7 @@ def verdicts(results: dict[str, Any]) -> list[Row]:
     rows = []
     for section, column, target, holds, limit in TARGETS:
         found = results.get(section)
-        for row in found if isinstance(found, list) else [found] if found else []:
+        for row in rows_of(found) if found else []:
             value = row[column]
             rows.append({"target": target, "case": _case(section, row), "value": value,
                          "met": "yes" if holds(value, limit) else "no"})
@@ -390,9 +395,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"of {repeats} calls, each after {WARM_UP_CALLS} untimed")
     for section, (title, columns) in SECTIONS.items():
         if section in results:
-            found = results[section]
+            rows = rows_of(results[section])
             print(f"\n{title}")
-            print(table(found if isinstance(found, list) else [found], columns or list(found)))
+            print(table(rows, columns or list(rows[0])))
     results["targets"] = verdicts(results)
     print("\ntargets, against this run" + (" (quick: small models, so the figures say little)" if args.quick else ""))
     print(table(results["targets"], ["target", "case", "value", "met"]))

@@ -35,10 +35,6 @@ RATIOS = {
 }
 
 
-def _rows(found: Any) -> list[Row]:
-    return found if isinstance(found, list) else [found]
-
-
 def _label(section: str, row: Row) -> str:
     if section == "scaling":
         return "depths {}, {}".format(*row["depths"])
@@ -51,7 +47,7 @@ def summarize(runs: list[dict[str, Any]]) -> tuple[list[Row], dict[str, Any]]:
     rows: list[Row] = []
     medians: dict[str, Any] = {}
     for section, columns in RATIOS.items():
-        per_run = [_rows(run[section]) for run in runs if section in run]
+        per_run = [bench.rows_of(run[section]) for run in runs if section in run]
         if not per_run:
             continue
         merged = []
