@@ -1,9 +1,9 @@
 """Sections of bench.py in several fresh interpreters: each ratio's median and range over the runs, and the
 targets held against the medians.
 
-On a shared machine one interpreter's ratios differ from the next one's by 10-15% (where the heap's objects
-land, what else runs meanwhile), more than some targets' margins: a single run's verdict at the edge of a
-target says little. The median over runs is what a process can expect; the range says how far one strays.
+On a shared machine one interpreter's ratios differ from the next one's by 10-15%, same code and same hash
+seed, more than some targets' margins: a single run's verdict at the edge of a target says little. The
+median over runs is what a process can expect; the range says how far one strays.
 
     python benchmarks/runs.py                      # 5 runs of the plan and scaling sections (about 10 minutes)
     python benchmarks/runs.py --runs 7 --only plan
