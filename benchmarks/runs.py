@@ -81,7 +81,9 @@ def targets(runs: list[dict[str, Any]], medians: dict[str, Any]) -> list[Row]:
 def run_once(only: str, quick: bool, path: Path) -> dict[str, Any]:
     """One fresh interpreter's run of bench.py's sections ``only``, as its JSON results."""
     command = [sys.executable, str(Path(__file__).resolve().parent / "bench.py"), "--only", only, "--json", str(path)]
-    subprocess.run(command + (["--quick"] if quick else []), check=True, capture_output=True, text=True)
+    done = subprocess.run(command + (["--quick"] if quick else []), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench.py --only {only} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(path.read_text())
 
 
