@@ -27,7 +27,7 @@ import bench  # the sections, their targets and the table format
 
 Row = dict[str, Any]
 
-# The ratios summarized over runs, per section (the fields its targets read, and what they are against).
+# Per section, the ratios summarized over the runs: those its targets read, and explain's beside the plan's.
 RATIOS = {
     "plan": ("ours_vs_floor", "explain_vs_floor", "timm_vs_ours"),
     "build": ("ours_vs_timm",),
