@@ -47,9 +47,10 @@ def summarize(runs: list[dict[str, Any]]) -> tuple[list[Row], dict[str, Any]]:
     rows: list[Row] = []
     medians: dict[str, Any] = {}
     for section, columns in RATIOS.items():
-        per_run = [bench.rows_of(run[section]) for run in runs if section in run]
-        if not per_run:
+        found = [run[section] for run in runs if section in run]
+        if not found:
             continue
+        per_run = list(map(bench.rows_of, found))
         merged = []
         for k, first in enumerate(per_run[0]):
             cases = [run[k] for run in per_run]
@@ -63,7 +64,7 @@ def summarize(runs: list[dict[str, Any]]) -> tuple[list[Row], dict[str, Any]]:
                              "median": median_row[column], "min": min(values), "max": max(values),
                              "runs": len(values)})
             merged.append(median_row)
-        medians[section] = merged if isinstance(runs[0][section], list) else merged[0]
+        medians[section] = merged if isinstance(found[0], list) else merged[0]
     return rows, medians
 
 

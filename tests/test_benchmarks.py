@@ -36,15 +36,16 @@ def test_quick_benchmark_runs_and_reports_every_section(tmp_path):
     assert {v["met"] for v in data["targets"]} <= {"yes", "no"}
 
 
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "bench.py")
+def _benchmark_module(name: str):
+    """A script of benchmarks/ imported as a module (runs.py puts the folder on the path to import bench)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_verdicts_hold_each_case_against_its_limit():
-    bench = _bench_module()
+    bench = _benchmark_module("bench")
     plan = [{"case": "fast", "ours_vs_floor": 1.9, "timm_vs_ours": 2.5},
             {"case": "slow", "ours_vs_floor": 2.1, "timm_vs_ours": 1.9},
             {"case": "edge", "ours_vs_floor": 2.0, "timm_vs_ours": 2.0}]
@@ -83,17 +84,6 @@ def test_the_twin_benchmark_runs(tmp_path):
     assert "swin_tiny_patch4_window7_224" in rows[0] and "vit_tiny_patch16_224" in rows[1]
 
 
-def _runs_module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("runs", ROOT / "benchmarks" / "runs.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
-
-
 def _plan_run(ours_vs_floor: float, timm_vs_ours: float) -> dict:
     return {"plan": [{"case": "vit", "ours_vs_floor": ours_vs_floor, "explain_vs_floor": 1.0,
                       "timm_vs_ours": timm_vs_ours}],
@@ -101,7 +91,7 @@ def _plan_run(ours_vs_floor: float, timm_vs_ours: float) -> dict:
 
 
 def test_runs_summary_takes_each_ratios_median_and_range_and_counts_the_runs_that_met_a_target():
-    runs = _runs_module()
+    runs = _benchmark_module("runs")
     results = [_plan_run(2.3, 2.5), _plan_run(1.8, 1.9), _plan_run(1.9, 2.2)]
     rows, medians = runs.summarize(results)
     floor = next(r for r in rows if r["case"] == "vit" and r["ratio"] == "ours_vs_floor")
@@ -115,7 +105,7 @@ def test_runs_summary_takes_each_ratios_median_and_range_and_counts_the_runs_tha
 
 
 def test_runs_summary_refuses_runs_of_different_cases():
-    runs = _runs_module()
+    runs = _benchmark_module("runs")
     other = _plan_run(1.0, 3.0)
     other["plan"][0]["case"] = "convnext"
     with pytest.raises(ValueError, match="different cases"):
