@@ -217,6 +217,34 @@ def test_modules_are_told_apart_by_identity_whatever_their_equality_or_hash(kind
     assert view.names == ("0.weight", "0.bias", "1.weight", "1.bias", "2.0.weight", "2.0.bias")
 
 
+def _torch_listing(model: nn.Module) -> tuple[list[str], list[str]]:
+    return [n for n, _ in model.named_modules()], [n for n, _ in model.named_parameters()]
+
+
+@pytest.mark.parametrize("held_elsewhere", [False, True], ids=["fresh", "held-elsewhere"])
+def test_sharing_is_found_however_often_the_model_is_referenced(held_elsewhere):
+    """The walk tells shared modules and parameters apart by how often they are held before it compares
+    identities: a shared module without parameters, a tied parameter and a module shared with its
+    parameters are each listed once, as torch lists them, whether or not the model is also referenced
+    from elsewhere (an optimizer, a user's lists), and an unshared model lists everything."""
+    act = nn.GELU()
+    shared_bare = nn.Sequential(nn.Linear(2, 2), act, nn.Linear(2, 2), act)
+    tied = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    tied[1].weight = tied[0].weight
+    block = nn.Linear(2, 2)
+    shared_block = nn.Sequential(block, nn.ReLU(), block)
+    unshared = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Sequential(nn.Linear(2, 3), nn.Dropout()))
+    models = (shared_bare, tied, shared_block, unshared)
+    held = [(list(m.modules()), list(m.parameters())) for m in models] if held_elsewhere else []
+    for model in models:
+        view = layerdecay.ModelView(model)
+        assert (list(view.modules), list(view.names)) == _torch_listing(model)
+        assert len(view.module_types) == len(view.modules)
+    assert "3" not in layerdecay.ModelView(shared_bare).modules
+    assert layerdecay.ModelView(tied).names == ("0.weight", "0.bias", "1.bias")
+    assert len(held) == (4 if held_elsewhere else 0)
+
+
 def test_planning_leaves_no_cyclic_garbage(tiny, tiny_host):
     """Everything a plan builds is freed by reference counting, so planning a large model in a loop never
     hands work (or memory) to the cyclic collector."""

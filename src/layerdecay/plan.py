@@ -327,5 +327,6 @@ def format_group_name(layer_ids: Sequence[int], decay: bool, lr_mult_extra: floa
     return name
 
 
-# The same few names come back plan after plan (layer_3_decay, ...): formatted once each.
-_group_name = lru_cache(maxsize=4096)(format_group_name)
+# The same few names come back plan after plan (layer_3_decay, ...): formatted once each. Room for every name of
+# a model of thousands of layers, so that a deep model's plans pay what a shallow one's do.
+_group_name = lru_cache(maxsize=1 << 16)(format_group_name)
