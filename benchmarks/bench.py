@@ -3,7 +3,8 @@
 Run ``python benchmarks/bench.py`` for the full tables, ending with each performance target against the run (a
 few minutes on 2 cores), ``--quick`` for a smoke run (seconds; the test suite runs it once so this file never
 rots), ``--json FILE`` to keep the numbers, ``--only plan,scaling`` for some sections (``runs.py`` runs them in
-several fresh interpreters and reports each ratio's median and range over the runs).
+several fresh interpreters and reports each ratio's median and range over the runs; ``instructions.py`` counts
+instructions per plan under callgrind, for changes too small to time on a shared machine).
 Every time is the fastest of a few turns' medians of ``--repeats`` calls after warm-up calls (see
 :func:`median_times`), all in this one process, so the ratios compare like with like. Models are built on the
 ``meta`` device unless a step is timed.

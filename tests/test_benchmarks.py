@@ -84,6 +84,25 @@ def test_the_twin_benchmark_runs(tmp_path):
     assert "swin_tiny_patch4_window7_224" in rows[0] and "vit_tiny_patch16_224" in rows[1]
 
 
+def test_the_instruction_count_harness_runs():
+    # --quick runs the counted loops without valgrind (a callgrind run takes minutes): the harness cannot rot.
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "instructions.py"), "--quick"],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ran 3 contenders on vit_tiny_patch16_224, convnext_atto" in result.stdout
+
+
+def test_instruction_totals_are_read_from_callgrind_files(tmp_path):
+    instructions = _benchmark_module("instructions")
+    part = tmp_path / "callgrind.out.1"
+    part.write_text("# callgrind format\nversion: 1\nevents: Ir\nsummary: 30654939\n\nfn=main\n0 5\n")
+    assert instructions._total(part) == 30654939
+    empty = tmp_path / "callgrind.out.2"
+    empty.write_text("# callgrind format\nevents: Ir\n")
+    with pytest.raises(ValueError, match="no instruction total"):
+        instructions._total(empty)
+
+
 def _plan_run(ours_vs_floor: float, timm_vs_ours: float) -> dict:
     return {"plan": [{"case": "vit", "ours_vs_floor": ours_vs_floor, "explain_vs_floor": 1.0,
                       "timm_vs_ours": timm_vs_ours}],
