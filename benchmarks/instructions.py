@@ -2,9 +2,9 @@
 
 On a shared machine a plan's time moves by 10-15% from one interpreter to the next, so a change worth a few
 percent cannot be told from noise by timing it. The instructions the same code executes on the same model
-repeat to within a few tenths of a percent, whatever else the machine does. They are not times (a cache miss costs hundreds of
-cycles, an instruction a fraction of one), so the targets stay with ``bench.py``; this script is for telling
-whether a change does less work.
+repeat to within a few tenths of a percent, whatever else the machine does. They are not times (a cache miss
+costs hundreds of cycles, an instruction a fraction of one), so the targets stay with ``bench.py``; this script
+is for telling whether a change does less work.
 
     python benchmarks/instructions.py                      # ViT-B, ConvNeXt-T, Swin-L (a few minutes)
     python benchmarks/instructions.py --models convnext_tiny --calls 20
