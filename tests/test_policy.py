@@ -89,6 +89,40 @@ def test_weight_decay_by_meaning(bare_host):
     assert all(r.decay_by == "core" for r in plan.rows)
 
 
+@pytest.mark.parametrize("frozen", [False, True], ids=["all-trainable", "partly-frozen"])
+def test_full_names_overrule_only_what_the_rank_would_decide(bare_host, frozen):
+    """The model's lists beat a relative-position marker; neither overrules the owner's type or the local name.
+    With a frozen parameter the policy is asked about a subset of the view, which it answers the same way."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rel_pos = nn.Linear(4, 4)  # a marker in the name of a plain layer
+            self.table = nn.Module()
+            self.table.relative_position_bias_table = nn.Parameter(torch.zeros(9, 2))  # marked and listed
+            self.norm_rel_pos = nn.LayerNorm(4)  # marked and listed, but a norm
+            self.plain = nn.Parameter(torch.zeros(4))
+            self.fc = nn.Linear(4, 4)
+
+        def no_weight_decay(self):
+            return {"table.relative_position_bias_table", "norm_rel_pos.weight", "rel_pos.bias"}
+
+    model = Net()
+    if frozen:
+        model.fc.bias.requires_grad_(False)
+    plan = layerdecay.explain(model, layer_decay=1.0, host=bare_host)
+    assert {r.name: r.reason for r in plan.rows} == {
+        "rel_pos.weight": "relative position",
+        "rel_pos.bias": "bias",
+        "table.relative_position_bias_table": "model.no_weight_decay()",
+        "norm_rel_pos.weight": "norm weight (LayerNorm)",
+        "norm_rel_pos.bias": "norm weight (LayerNorm)",
+        "plain": "1-D tensor",
+        "fc.weight": "weight",
+        **({} if frozen else {"fc.bias": "bias"}),
+    }
+
+
 def test_model_lists_and_keywords(bare_host):
     class Listed(nn.Module):
         def __init__(self) -> None:

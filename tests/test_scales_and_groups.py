@@ -100,6 +100,24 @@ def test_group_order_is_deterministic_and_by_layer(tiny, tiny_host):
     assert layer_order == sorted(layer_order)
 
 
+def test_groups_of_one_layer_that_differ_in_weight_decay_are_ordered_by_it(tiny, tiny_host):
+    # Three decayed groups in layer 0 with the same lr: their order is decided by the weight decay alone,
+    # not by the order in which the planner happened to meet their parameters' decisions.
+    wd_mults = {"pos_embed": 3.0, "cls_token": 0.5}
+
+    class WdMults:
+        @layerdecay.hookimpl
+        def layerdecay_param_policy(self):
+            return lambda name, p, m: (layerdecay.Decision(weight_decay=True, wd_mult=wd_mults[name])
+                                       if name in wd_mults else None)
+
+    plan = layerdecay.explain(tiny, weight_decay=0.05, plugins=[WdMults()], host=tiny_host)
+    layer_0 = [g for g in plan.groups if g.layer_ids == (0,)]
+    assert [g.weight_decay for g in layer_0] == pytest.approx([0.025, 0.05, 0.15, 0.0])
+    members = [{plan.rows[i].name for i in g.rows} for g in layer_0]
+    assert members == [{"cls_token"}, {"embed.weight"}, {"pos_embed"}, {"embed.bias"}]
+
+
 def test_build_optimizer_lambda_lr_keeps_ratios(tiny, tiny_host):
     opt = layerdecay.build_optimizer(tiny, "adamw", lr=1e-3, layer_decay=DECAY, host=tiny_host)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))

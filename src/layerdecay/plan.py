@@ -120,7 +120,8 @@ class Plan:
         owner: The plugin that claimed the model (answered ``layerdecay_num_layers``), or None.
         fallback: How the generic fallback found the layers, when it was used.
         warnings: Everything worth a second look; also issued as Python warnings.
-        groups: The param groups, in their deterministic order (``GroupSpec.rows`` index ``rows``).
+        groups: The param groups (``GroupSpec.rows`` index ``rows``), ordered by first layer id, decayed before
+            not, then by lr multiplier and weight decay: a total order, the same in every process.
         parameters: The tensors, aligned with ``rows``.
     """
 
@@ -173,7 +174,9 @@ class Plan:
                 extras = {b.extra for b in parts}
                 extra = next(iter(extras)) if len(extras) == 1 else None
             out.append((ids, mult, wd, extra, members, _group_name(ids, wd > 0.0, extra)))
-        out.sort(key=lambda g: (g[0][0], g[2] == 0.0, g[1]))
+        # By first layer id, decay before no decay, then lr_mult and weight decay: (lr_mult, weight decay) is
+        # unique per group, so the order is total and owes nothing to the order the buckets came in.
+        out.sort(key=lambda g: (g[0][0], g[2] == 0.0, g[1], g[2]))
         return out
 
     @cached_property

@@ -262,12 +262,11 @@ def _plan_buckets(
     answers are checked and combined once per distinct value, and a parameter then costs one append.
     """
     names, params, owners = view.names, view.params, view.owners
-    grads = list(map(_REQUIRES_GRAD, params))
     positions: Sequence[int]
-    if all(grads):
+    if all(map(_REQUIRES_GRAD, params)):
         positions, t_names, t_params, t_owners = range(len(names)), names, params, owners
     else:
-        positions = list(compress(range(len(names)), grads))
+        positions = list(compress(range(len(names)), map(_REQUIRES_GRAD, params)))
         t_names, t_params, t_owners = ([column[i] for i in positions] for column in (names, params, owners))
     lids = _layer_ids(layer_fn, layer_by, t_names, positions, num_layers)
     outcomes, codes = _outcomes(view, policies, t_names, t_params, t_owners)
@@ -396,7 +395,10 @@ def _outcomes(view: ModelView, policies: list[tuple[str, Policy]], names: Sequen
     for key, answers in combinations.items():
         resolved = _combine(answers, plugins)
         code_of[key] = -1 if resolved is None else code(resolved)
-    codes = list(map(code_of.__getitem__, keys))
+    if len(columns) == 1 and list(code_of.values()) == list(code_of):
+        codes = keys  # one policy whose distinct answers are the distinct outcomes, in order: nothing to remap
+    else:
+        codes = list(map(code_of.__getitem__, keys))
     if -1 in code_of.values():
         true_shapes = view.true_shapes
         for i in [i for i, c in enumerate(codes) if c == -1]:

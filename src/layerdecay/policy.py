@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress, repeat
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import torch
@@ -25,8 +25,6 @@ from layerdecay.model_view import ModelView
 __all__ = ["Decision", "MeaningPolicy", "Policy", "meaning_policy", "is_norm_module"]
 
 _LAST = itemgetter(2)
-_NDIM = attrgetter("ndim")
-_UNDECIDED = -1
 
 
 class Decision(NamedTuple):
@@ -66,9 +64,10 @@ _TOKEN_NAMES = frozenset({"token", "tokens", "class_token", "cls_token", "regist
 _POSITION_NAMES = frozenset(
     {"pos_embed", "pos_embedding", "position_embeddings", "position_embedding", "absolute_pos_embed"}
 )
-# Substrings of the full name that mark relative-position parameters (tables, Swin-v2's cpb MLP).
+# Substrings of the full name that mark relative-position parameters (tables, Swin-v2's cpb MLP). Each one
+# costs a search of the joined names, so none holds another (``relative_position`` finds the
+# ``relative_position_bias_table``s).
 _RELATIVE_POSITION_MARKERS = (
-    "relative_position_bias_table",
     "rel_pos",
     "relative_position",
     "cpb_mlp",
@@ -259,17 +258,16 @@ class MeaningPolicy:
     """The core's default policy for one model: weight decay by meaning (see the module docstring).
 
     Called as ``policy(name, param, module)`` like any policy; the planner calls :meth:`decide_distinct`, which
-    gives the same answers for a whole column of parameters at once. Most parameters are decided by their
-    owner's type or their own local name, so those are looked up once per distinct type and name; only the
-    rest (the weights of plain layers, mostly) are read by full name and rank.
+    gives the same answers for a whole column of parameters at once. A parameter's owner type, local name and
+    rank settle it, so each distinct combination is decided once; the full names are only searched, at C
+    speed, for the model's own lists and relative-position markers.
     """
 
-    __slots__ = ("_keywords", "_listed", "_true_shapes", "_view_locals", "_view_names")
+    __slots__ = ("_keywords", "_listed", "_view")
 
     def __init__(self, view: ModelView) -> None:
         self._listed, self._keywords = _model_no_weight_decay(view)
-        self._true_shapes = view.true_shapes
-        self._view_names, self._view_locals = view.names, view.local_names
+        self._view = view
 
     def __call__(self, name: str, param: torch.Tensor, module: nn.Module) -> Decision:
         return self.decide_all((name,), (param,), (module,))[0]
@@ -284,62 +282,73 @@ class MeaningPolicy:
                         ) -> tuple[list[Decision], list[int]]:
         """:meth:`decide_all` as the distinct decisions and, for each parameter, the index of its own among
         them: what the planner works with, without a lookup per parameter to find which answers are alike."""
-        decisions: list[Decision] = []
-        code_of: dict[int, int] = {}  # id(decision) -> its index in decisions
-
-        def code(decision: Decision) -> int:
-            found = code_of.get(id(decision))
-            if found is None:
-                found = code_of[id(decision)] = len(decisions)
-                decisions.append(decision)
-            return found
-
-        # The planner asks about the view's own names when every parameter trains: their local names are known.
+        view = self._view
         locals_: Sequence[str]
-        if names is self._view_names:
-            locals_ = self._view_locals
+        ranks: Iterable[int]
+        if names is view.names:  # every parameter trains: the view knows the local names and has the shapes
+            locals_, ranks = view.local_names, map(len, view.shapes)
         else:
             locals_ = list(map(_LAST, map(str.rpartition, names, repeat("."))))
-        # Each distinct local name's decision, or _UNDECIDED where the name settles nothing.
-        by_local = {local: _UNDECIDED if (d := _decision_by_local_name(local)) is None else code(d)
-                    for local in set(locals_)}
-        codes = list(map(by_local.__getitem__, locals_))
-        # A normalization module's parameters are decided by its type, whatever their names: each position
-        # takes its type's code where the type is a norm, its own (``dict.get``'s default) elsewhere.
-        types = list(map(type, modules))
-        norm_codes = {t: code(norm) for t in set(types) if (norm := _norm_decision(t)) is not None}
-        if norm_codes:
-            codes = list(map(norm_codes.get, types, codes))
-        if _UNDECIDED in by_local.values():
-            pending = [i for i, c in enumerate(codes) if c == _UNDECIDED]
-            decided = self._by_name_and_rank([names[i] for i in pending], [params[i] for i in pending])
-            ids = list(map(id, decided))  # a few shared decisions: coded once each
-            code_by_id = {key: code(decision) for key, decision in dict(zip(ids, decided, strict=True)).items()}
-            for i, decision_code in zip(pending, map(code_by_id.__getitem__, ids), strict=True):
-                codes[i] = decision_code
-        return decisions, codes
+            ranks = map(len, map(view.shape_of, params))
+        # The owner's type, the local name and the rank settle a parameter unless the model's lists or a
+        # relative-position marker in its full name say otherwise: decided once per distinct triple (a model
+        # has a few dozen), on its first lookup, by one C-level map over the column.
+        coded = _ColumnCodes()
+        codes = list(map(coded.__getitem__, zip(locals_, map(type, modules), ranks, strict=True)))
+        if coded.by_rank:
+            for k, decision in self._by_full_name(names):
+                if _settled(locals_[k], type(modules[k])) is None:
+                    codes[k] = coded.code(decision)
+        return coded.decisions, codes
 
-    def _by_name_and_rank(self, names: list[str], params: list[torch.Tensor]) -> list[Decision]:
-        """Decisions for parameters that neither their module type nor their local name settles.
-
-        In order of precedence: the model's own lists, relative-position markers in the name, rank <= 1.
-        """
-        true_shapes = self._true_shapes
-        if true_shapes:
-            ranks: Iterable[int] = [len(true_shapes[id(p)]) if id(p) in true_shapes else p.ndim for p in params]
-        else:
-            ranks = map(_NDIM, params)
-        out = [WEIGHT if rank > 1 else ONE_D for rank in ranks]
+    def _by_full_name(self, names: Sequence[str]) -> list[tuple[int, Decision]]:
+        """(position, decision) of the parameters that a relative-position marker in the name or the model's own
+        lists exclude, the lists last (they take precedence); found by C-level searches of the joined names.
+        Only where neither the owner's type nor the local name decides do these overrule the rank."""
         text = "\n".join(names)
-        for k in _lines_with(text, _RELATIVE_POSITION_MARKERS):
-            out[k] = RELATIVE_POSITION
+        found = [(k, RELATIVE_POSITION) for k in _lines_with(text, _RELATIVE_POSITION_MARKERS)]
         listed, keywords = self._listed, self._keywords
-        for k in _lines_with(text, keywords) if keywords else ():
-            out[k] = MODEL_LIST
-        if listed:
-            for k in compress(range(len(names)), map(listed.__contains__, names)):
-                out[k] = MODEL_LIST
-        return out
+        if keywords:
+            found.extend((k, MODEL_LIST) for k in _lines_with(text, keywords))
+        if listed and not listed.isdisjoint(names):
+            found.extend((k, MODEL_LIST) for k in compress(range(len(names)), map(listed.__contains__, names)))
+        return found
+
+
+class _ColumnCodes(dict[tuple[str, type, int], int]):
+    """(local name, owner type, rank) -> the index of its decision in ``decisions``, decided on the first lookup
+    of each key (``__missing__``): a column is coded by one C-level map, with Python work per distinct key."""
+
+    __slots__ = ("_index", "by_rank", "decisions")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decisions: list[Decision] = []
+        self._index: dict[int, int] = {}  # id(decision) -> its index in decisions
+        self.by_rank = False  # whether some key is decided by its rank alone
+
+    def code(self, decision: Decision) -> int:
+        """The index of ``decision`` in ``decisions``, appended on first sight (decisions are shared objects)."""
+        found = self._index.get(id(decision))
+        if found is None:
+            found = self._index[id(decision)] = len(self.decisions)
+            self.decisions.append(decision)
+        return found
+
+    def __missing__(self, key: tuple[str, type, int]) -> int:
+        local, owner_type, rank = key
+        decision = _settled(local, owner_type)
+        if decision is None:
+            decision = WEIGHT if rank > 1 else ONE_D
+            self.by_rank = True
+        found = self[key] = self.code(decision)
+        return found
+
+
+def _settled(local: str, owner_type: type) -> Decision | None:
+    """What the owner's type (a normalization layer) or else the local name settles, whatever the rank."""
+    decision = _norm_decision(owner_type)
+    return _decision_by_local_name(local) if decision is None else decision
 
 
 @functools.lru_cache(maxsize=4096)
