@@ -21,10 +21,12 @@ def test_quick_benchmark_runs_and_reports_every_section(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
-    assert {"plan", "build", "scaling", "imports", "step", "memory"} <= set(data)
+    assert {"plan", "fallback", "build", "scaling", "imports", "step", "memory"} <= set(data)
     for row in data["plan"]:
         assert row["tensors"] > 0 and row["ours_ms"] > 0 and row["timm_ms"] > 0 and row["floor_ms"] > 0
         assert row["our_groups"] > 0 and row["nwd_ms"] >= 0
+    for row in data["fallback"]:  # a model no family plugin claims, planned by its repeated blocks
+        assert row["owner"] == "generic" and row["num_layers"] > 2 and row["ours_ms"] > 0 and row["floor_ms"] > 0
     assert data["scaling"]["floor_ratio"] > 0
     assert data["imports"]["heavy_modules_after_plan_and_discovery"] == "[]"
     assert data["memory"]["meta_tensors"] == data["memory"]["tensors"]

@@ -98,3 +98,51 @@ def test_no_warning_when_decay_is_off(bare_host, recwarn):
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     layerdecay.explain(model, layer_decay=1.0, host=bare_host)
     assert not [w for w in recwarn if issubclass(w.category, layerdecay.LayerDecayWarning)]
+
+
+def test_a_block_is_expanded_only_when_its_container_holds_half_of_it(bare_host):
+    class Block(nn.Module):
+        def __init__(self, inner: int) -> None:
+            super().__init__()
+            self.proj = nn.Linear(8, 8)  # 72 elements
+            self.parts = nn.ModuleList([nn.Linear(inner, inner) for _ in range(2)])
+
+    class Net(nn.Module):
+        def __init__(self, inner: int) -> None:
+            super().__init__()
+            self.stem = nn.Linear(8, 8)
+            self.blocks = nn.ModuleList([Block(inner) for _ in range(2)])
+            self.head = nn.Linear(8, 2)
+
+    with pytest.warns(layerdecay.LayerDecayWarning):
+        small = layerdecay.explain(Net(inner=2), host=bare_host)  # parts: 12 of 84 elements per block
+        large = layerdecay.explain(Net(inner=8), host=bare_host)  # parts: 144 of 216
+    small_ids = {r.name.rsplit(".", 1)[0]: r.layer_id for r in small.rows}
+    assert small_ids == {"stem": 0, "blocks.0.proj": 1, "blocks.0.parts.0": 1, "blocks.0.parts.1": 1,
+                         "blocks.1.proj": 2, "blocks.1.parts.0": 2, "blocks.1.parts.1": 2, "head": 3}
+    large_ids = {r.name.rsplit(".", 1)[0]: r.layer_id for r in large.rows}
+    assert large_ids == {"stem": 0, "blocks.0.proj": 1, "blocks.0.parts.0": 1, "blocks.0.parts.1": 2,
+                         "blocks.1.proj": 3, "blocks.1.parts.0": 3, "blocks.1.parts.1": 4, "head": 5}
+    assert large.fallback == "repeated blocks in 'blocks' (4 blocks)"
+
+
+def test_the_largest_container_is_chosen_by_elements_not_by_count(bare_host):
+    model = nn.Sequential(
+        nn.ModuleList([nn.Linear(2, 2) for _ in range(6)]),  # 6 blocks, 36 elements
+        nn.ModuleList([nn.Linear(16, 16) for _ in range(2)]),  # 2 blocks, 544 elements
+        nn.Linear(16, 2),  # so that the root is no container of same-typed blocks
+    )
+    with pytest.warns(layerdecay.LayerDecayWarning):
+        plan = layerdecay.explain(model, host=bare_host)
+    assert plan.fallback == "repeated blocks in '1' (2 blocks)"
+    assert {r.layer_id for r in plan.rows if r.name.startswith("0.")} == {0}
+    assert [plan.row(f"1.{b}.weight").layer_id for b in range(2)] == [1, 2]
+    assert plan.row("2.weight").layer_id == 3
+
+
+def test_a_container_of_blocks_without_parameters_is_no_layer_map(bare_host):
+    # Two activations in a list are blocks of one type, but there is nothing in them to give a layer.
+    model = nn.Sequential(nn.Linear(4, 4), nn.ModuleList([nn.ReLU(), nn.ReLU()]), nn.Linear(4, 2))
+    with pytest.warns(layerdecay.LayerDecayWarning, match="layer_decay has no effect"):
+        plan = layerdecay.explain(model, host=bare_host)
+    assert plan.owner is None and plan.num_layers == 1

@@ -13,8 +13,11 @@ The plan records which strategy was used, and warns that a fallback decided the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import accumulate, repeat
+from math import prod
+from typing import NamedTuple
 
 from torch import nn
 
@@ -28,9 +31,10 @@ RECIPES = ("timm",)
 
 @dataclass(frozen=True)
 class LayerMap:
-    """A complete layer assignment: every parameter name -> id, and how it was found."""
+    """A complete layer assignment: the id of every parameter, aligned with the view's names, and how it was
+    found."""
 
-    ids: dict[str, int]
+    ids: list[int]
     num_layers: int
     strategy: str
 
@@ -40,13 +44,24 @@ def _timm_group_matcher_map(view: ModelView) -> LayerMap:
 
     model = view.model
     raw = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
-    ids = {strip_wrapper_prefixes(name): lid for name, lid in raw.items()}
-    return LayerMap(ids, max(ids.values(), default=0) + 1, "timm group_matcher()")
+    by_name = {strip_wrapper_prefixes(name): lid for name, lid in raw.items()}
+    top = max(by_name.values(), default=0)
+    return LayerMap(list(map(by_name.get, view.names, repeat(top))), top + 1, "timm group_matcher()")
 
 
-def _same_typed_blocks(module: nn.Module) -> list[tuple[str, nn.Module]] | None:
-    if not isinstance(module, (nn.ModuleList, nn.Sequential)):
-        return None
+_CONTAINERS = (nn.ModuleList, nn.Sequential)
+
+
+class _Container(NamedTuple):
+    """A ``ModuleList``/``Sequential`` of at least two blocks of one type."""
+
+    path: str
+    blocks: list[str]  # the blocks' paths, in order
+    numel: int  # elements of the parameters under it (a tied one counts where the walk first met it)
+
+
+def _same_typed_blocks(module: nn.Module) -> list[str] | None:
+    """The names of ``module``'s children when there are at least two, all of one type; else None."""
     # A block wrapped per block (FSDP1 auto-wrap, activation checkpointing) is typed by what it wraps.
     children = [(name, unwrap(child)) for name, child in module._modules.items() if child is not None]
     if len(children) < 2:
@@ -54,78 +69,84 @@ def _same_typed_blocks(module: nn.Module) -> list[tuple[str, nn.Module]] | None:
     first = type(children[0][1])
     if any(type(child) is not first for _, child in children):
         return None
-    return children
+    return [name for name, _ in children]
 
 
-def _numel(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _largest_repeated_container(
-    modules: dict[str, nn.Module], within: str = "", min_share: float = 0.0
-) -> tuple[str, list[tuple[str, nn.Module]]] | None:
-    """The container of same-typed blocks with the most parameters under ``within``."""
-    prefix = within + "." if within else ""
-    best: tuple[int, str, list[tuple[str, nn.Module]]] | None = None
-    for path, module in modules.items():
-        if within and not path.startswith(prefix):
-            continue
+def _repeated_containers(view: ModelView, totals: list[int]) -> list[_Container]:
+    """Every container of same-typed blocks that holds parameters, in tree order (``totals``: the running
+    sum of the view's parameter elements, see :func:`_block_container_map`)."""
+    found = []
+    for path, module in view.modules_of_type(_CONTAINERS):
         blocks = _same_typed_blocks(module)
-        if blocks is None:
+        span = view.span(path)
+        if blocks is None or not span:
             continue
-        size = _numel(module)
-        if best is None or size > best[0]:
-            best = (size, path, blocks)
-    if best is None:
-        return None
-    if min_share and within and best[0] < min_share * _numel(modules[within]):
-        return None
-    return best[1], best[2]
+        prefix = f"{path}." if path else ""
+        found.append(_Container(path, [prefix + name for name in blocks], totals[span.stop] - totals[span.start]))
+    return found
+
+
+def _largest(containers: Iterable[_Container]) -> _Container | None:
+    """The container with the most parameter elements; on a tie the first in tree order."""
+    best = None
+    for container in containers:
+        if best is None or container.numel > best.numel:
+            best = container
+    return best
 
 
 def _block_container_map(view: ModelView) -> LayerMap | None:
-    found = _largest_repeated_container(view.modules)
-    if found is None:
+    """Layer ids from the largest container of same-typed blocks: what comes before it -> 0, its blocks ->
+    1..N, the rest -> top. A block whose own largest container holds at least half of it (a stage of blocks)
+    is expanded into that container's blocks, its other parameters going with its first one."""
+    # A module's parameters are one span of the view, so its size is a difference of two running sums,
+    # whatever its depth (no walk of each subtree).
+    totals = [0, *accumulate(map(prod, view.shapes))]
+    containers = _repeated_containers(view, totals)
+    outer = _largest(containers)
+    if outer is None:
         return None
-    container, blocks = found
-    # Block path -> position in the flat block sequence; a block that holds a repeated container of
-    # its own (a stage of blocks) is expanded, and its other parameters go with its first sub-block.
-    block_of: dict[str, int] = {}
-    sub_paths: list[tuple[str, list[str]]] = []
+    # The containers inside each block, found from their own paths (a dict lookup per ancestor) rather than
+    # by a search of every container per block.
+    block_set = set(outer.blocks)
+    inside: dict[str, list[_Container]] = {}
+    for container in containers:
+        path = container.path
+        while path:
+            path = path.rpartition(".")[0]
+            if path in block_set:
+                inside.setdefault(path, []).append(container)
+                break
+            if path == outer.path:
+                break
+    # Each block's (or sub-block's) span and index in the flat block sequence; an expanded block's span
+    # comes before those of its sub-blocks, which overwrite it.
+    numbered: list[tuple[range, int]] = []
     count = 0
-    for name, _ in blocks:
-        path = f"{container}.{name}" if container else name
-        inner = _largest_repeated_container(view.modules, within=path, min_share=0.5)
-        if inner is None:
-            block_of[path] = count
+    for block in outer.blocks:
+        span = view.span(block)
+        numbered.append((span, count))
+        inner = _largest(inside.get(block, ()))
+        if inner is None or 2 * inner.numel < totals[span.stop] - totals[span.start]:
             count += 1
             continue
-        inner_path, inner_blocks = inner
-        block_of[path] = count
-        subs = [f"{inner_path}.{n}" for n, _ in inner_blocks]
-        for sub in subs:
-            block_of[sub] = count
+        for sub in inner.blocks:
+            numbered.append((view.span(sub), count))
             count += 1
-        sub_paths.append((path, subs))
-
-    def block_index(name: str) -> int | None:
-        parts = name.split(".")
-        for depth in range(len(parts) - 1, 0, -1):
-            index = block_of.get(".".join(parts[:depth]))
-            if index is not None:
-                return index
-        return None
-
-    raw: list[tuple[str, int | None]] = [(n, block_index(n)) for n in view.names]
-    first = next(i for i, (_, b) in enumerate(raw) if b is not None)
-    has_before = first > 0
-    offset = 1 if has_before else 0
-    has_after = any(b is None for _, b in raw[first:])
+    starts = [span.start for span, _ in numbered if span]
+    if not starts:
+        return None  # the blocks hold no parameter (the container's own are all it has)
+    first = min(starts)
+    offset = 1 if first > 0 else 0
+    # The blocks' spans are disjoint and start at ``first`` or later: anything after ``first`` they leave out
+    # (a final norm, a head) takes a top id of its own.
+    has_after = sum(len(view.span(block)) for block in outer.blocks) < len(view) - first
     top = count + offset if has_after else count + offset - 1
-    ids = {}
-    for i, (name, b) in enumerate(raw):
-        ids[name] = b + offset if b is not None else (0 if i < first else top)
-    where = container or "the root"
+    ids = [top] * len(view)
+    ids[:first] = [0] * first
+    for span, index in numbered:
+        ids[span.start:span.stop] = [index + offset] * len(span)
+    where = outer.path or "the root"
     return LayerMap(ids, top + 1, f"repeated blocks in '{where}' ({count} blocks)")
 
 
@@ -149,10 +170,8 @@ def layerdecay_num_layers(model: ModelView, recipe: str | None) -> int | None:
 
 
 @hookimpl(trylast=True)
-def layerdecay_layer_id(model: ModelView, recipe: str | None, num_layers: int) -> Callable[[str], int] | None:
+def layerdecay_layer_id(model: ModelView, recipe: str | None, num_layers: int) -> list[int] | None:
     layer_map = fallback_layer_map(model)
     if layer_map is None:
         return None
-    top = num_layers - 1
-    ids = layer_map.ids
-    return lambda name: ids.get(name, top)
+    return layer_map.ids

@@ -26,6 +26,7 @@ _ALWAYS_WRAPPER_CHILDREN = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_che
 _MODULE_CHILD = "module"
 _WRAPPER_COMPONENTS = _ALWAYS_WRAPPER_CHILDREN | {_MODULE_CHILD}
 _SHAPE = attrgetter("shape")
+_NDIM = attrgetter("ndim")
 _EMPTY = range(0)
 
 
@@ -312,7 +313,7 @@ class ModelView:
             can share one analysis of the model. Key it by your plugin's name.
     """
 
-    __slots__ = ("_index", "_shapes", "_spans", "cache", "local_names", "matches_torch_listing", "model",
+    __slots__ = ("_index", "_ranks", "_shapes", "_spans", "cache", "local_names", "matches_torch_listing", "model",
                  "module_types", "modules", "names", "owners", "params", "true_shapes")
 
     def __init__(self, model: nn.Module) -> None:
@@ -333,6 +334,7 @@ class ModelView:
         self.true_shapes = flat_shapes
         self._index: dict[str, int] | None = None
         self._shapes: tuple[torch.Size, ...] | None = None
+        self._ranks: Sequence[int] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -426,6 +428,24 @@ class ModelView:
                 shapes = tuple(true.get(id(p), s) for p, s in zip(self.params, shapes, strict=True))
             self._shapes = shapes
         return self._shapes
+
+    @property
+    def ranks(self) -> Sequence[int]:
+        """The rank of every parameter (the length of its real shape), aligned with ``names``; read once per
+        plan and shared, like :attr:`shapes`.
+
+        A ``bytes`` object when every rank is below 256 (the usual case), so that counting and finding ranks
+        are C-level scans (``ranks.count(4)``, :func:`positions_of`); a tuple otherwise. Taken from the shapes
+        when they were read, else from each tensor's ``ndim``, which costs less than its shape.
+        """
+        if self._ranks is None:
+            from_shapes = self._shapes is not None or self.true_shapes
+            ranks = tuple(map(len, self.shapes) if from_shapes else map(_NDIM, self.params))
+            try:
+                self._ranks = bytes(ranks)
+            except ValueError:  # a rank above 255
+                self._ranks = ranks
+        return self._ranks
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The real, full shape of the parameter called ``name`` (see :meth:`shape_of`)."""

@@ -285,8 +285,8 @@ class MeaningPolicy:
         view = self._view
         locals_: Sequence[str]
         ranks: Iterable[int]
-        if names is view.names:  # every parameter trains: the view knows the local names and has the shapes
-            locals_, ranks = view.local_names, map(len, view.shapes)
+        if names is view.names:  # every parameter trains: the view has their local names and ranks
+            locals_, ranks = view.local_names, view.ranks
         else:
             locals_ = list(map(_LAST, map(str.rpartition, names, repeat("."))))
             ranks = map(len, map(view.shape_of, params))

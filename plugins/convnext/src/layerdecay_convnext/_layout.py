@@ -245,11 +245,7 @@ def find_layout(view: ModelView) -> Layout | None:
 def find_layout_and_spans(view: ModelView) -> tuple[Layout, dict[str, range]] | None:
     """:func:`find_layout`, plus the span of every module with a role (read on the way, so the recipes
     need not look them up again)."""
-    shapes = view.shapes
-    try:
-        ranks: bytearray | list[int] = bytearray(map(len, shapes))  # counted and searched at C speed
-    except ValueError:  # a rank above 255
-        ranks = list(map(len, shapes))
+    shapes, ranks = view.shapes, view.ranks
     if ranks.count(4) < 2:
         return None  # every block of at least two stages starts with a depthwise kernel (vit, swin: one 4-D)
     fours = list(positions_of(ranks, 4))  # models hold few 4-D parameters
