@@ -141,6 +141,14 @@ def bert_model(layers: int, hidden: int = 768) -> torch.nn.Module:
         return BertForSequenceClassification(config)
 
 
+def torchvision_model(arch: str) -> torch.nn.Module:
+    """A torchvision model on the meta device (its ResNets: stages held as separate attributes)."""
+    import torchvision
+
+    with torch.device("meta"):
+        return getattr(torchvision.models, arch)()
+
+
 def fallback_case(label: str, model: torch.nn.Module, repeats: int) -> Row:
     """Plan time of a model that the generic fallback plans (timm's grouping puts such a model in one layer,
     so it is no reference here)."""
@@ -394,7 +402,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plan_models = [("vit_tiny_patch16_224", {}), ("convnext_atto", {}), ("vit_tiny_patch16_224", {"depth": 50})]
         build_models = plan_models[:1]
         depths, step_depth, memory_depth = (20, 80), 1, 100
-        bert_models = [("BERT 2 layers, width 32", {"layers": 2, "hidden": 32})]
+        fallback_models = [("BERT 2 layers, width 32", lambda: bert_model(layers=2, hidden=32)),
+                           ("torchvision resnet18", lambda: torchvision_model("resnet18"))]
     else:
         plan_models = [
             ("vit_base_patch16_224", {}), ("convnext_tiny", {}), ("swin_large_patch4_window7_224", {}),
@@ -402,7 +411,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ]
         build_models = [("vit_base_patch16_224", {}), ("convnext_tiny", {}), ("vit_base_patch16_224", {"depth": 1000})]
         depths, step_depth, memory_depth = (400, 4000), 12, 4000
-        bert_models = [("BERT-base (transformers)", {"layers": 12}), ("BERT 192 layers", {"layers": 192})]
+        fallback_models = [("BERT-base (transformers)", lambda: bert_model(layers=12)),
+                           ("BERT 192 layers", lambda: bert_model(layers=192)),
+                           ("torchvision resnet50", lambda: torchvision_model("resnet50"))]
 
     def label(arch: str, kw: dict[str, Any]) -> str:
         return arch + "".join(f" {k}={v}" for k, v in kw.items())
@@ -411,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "plan" in only:
         results["plan"] = [plan_case(label(a, kw), meta_model(a, **kw), repeats) for a, kw in plan_models]
     if "fallback" in only:
-        results["fallback"] = [fallback_case(label, bert_model(**kw), repeats) for label, kw in bert_models]
+        results["fallback"] = [fallback_case(label, build(), repeats) for label, build in fallback_models]
     if "build" in only:
         results["build"] = [build_case(label(a, kw), meta_model(a, **kw), repeats) for a, kw in build_models]
     if "scaling" in only:

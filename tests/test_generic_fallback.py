@@ -128,8 +128,8 @@ def test_a_block_is_expanded_only_when_its_container_holds_half_of_it(bare_host)
 
 def test_the_largest_container_is_chosen_by_elements_not_by_count(bare_host):
     model = nn.Sequential(
-        nn.ModuleList([nn.Linear(2, 2) for _ in range(6)]),  # 6 blocks, 36 elements
-        nn.ModuleList([nn.Linear(16, 16) for _ in range(2)]),  # 2 blocks, 544 elements
+        nn.ModuleList([nn.Conv1d(2, 2, 1) for _ in range(6)]),  # 6 blocks, 36 elements
+        nn.ModuleList([nn.Linear(16, 16) for _ in range(2)]),  # 2 blocks, 544 elements, of another type
         nn.Linear(16, 2),  # so that the root is no container of same-typed blocks
     )
     with pytest.warns(layerdecay.LayerDecayWarning):
@@ -146,3 +146,82 @@ def test_a_container_of_blocks_without_parameters_is_no_layer_map(bare_host):
     with pytest.warns(layerdecay.LayerDecayWarning, match="layer_decay has no effect"):
         plan = layerdecay.explain(model, host=bare_host)
     assert plan.owner is None and plan.num_layers == 1
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_sibling_stages_are_joined_as_timm_groups_a_resnet(arch, bare_host):
+    # torchvision's ResNet holds its stages as the attributes layer1 .. layer4, named as timm's ResNet is; timm's
+    # fine group_matcher gives the stem 0, each block its own id and the head the last.
+    import torchvision
+    from timm.models import group_parameters
+
+    with torch.device("meta"):
+        model = getattr(torchvision.models, arch)()
+        reference_model = timm.create_model(arch)
+    reference = group_parameters(reference_model, reference_model.group_matcher(coarse=False), reverse=True)
+    with pytest.warns(layerdecay.LayerDecayWarning, match="generic fallback"):
+        plan = layerdecay.explain(model, host=bare_host)
+    assert plan.fallback.startswith("repeated blocks in 'layer1', 'layer2', 'layer3', 'layer4' (")
+    assert {row.name: row.layer_id for row in plan.rows} == reference
+    assert plan.num_layers == max(reference.values()) + 1
+
+
+def test_sibling_stages_are_found_through_wrappers(bare_host):
+    import torchvision
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    plain = torchvision.models.resnet18()
+    wrapped = torchvision.models.resnet18()
+    for stage in (wrapped.layer1, wrapped.layer2, wrapped.layer3, wrapped.layer4):
+        for i in range(len(stage)):
+            stage[i] = checkpoint_wrapper(stage[i])  # each block wrapped, as activation checkpointing does
+    wrapped.layer3 = checkpoint_wrapper(wrapped.layer3)  # and a whole stage
+    with pytest.warns(layerdecay.LayerDecayWarning):
+        expected = {row.name: row.layer_id for row in layerdecay.explain(plain, host=bare_host).rows}
+        plan = layerdecay.explain(torch.compile(wrapped), host=bare_host)
+    assert {row.name: row.layer_id for row in plan.rows} == expected
+    assert plan.num_layers == 10
+
+
+def test_sibling_stages_of_one_block_join_an_efficientnet(bare_host):
+    import torchvision
+
+    with torch.device("meta"):
+        model = torchvision.models.efficientnet_b0()
+    with pytest.warns(layerdecay.LayerDecayWarning, match="generic fallback"):
+        plan = layerdecay.explain(model, host=bare_host)
+    # features.0 is the stem, features.1 .. features.7 the stages (features.1 and .7 of one block each),
+    # features.8 the head convolution.
+    blocks = [f"features.{s}.{b}" for s in range(1, 8) for b in range(len(model.features[s]))]
+    assert len(blocks) == 16
+    for row in plan.rows:
+        owner = ".".join(row.name.split(".")[:3])
+        if row.name.startswith("features.0."):
+            assert row.layer_id == 0, row.name
+        elif owner in blocks:
+            assert row.layer_id == blocks.index(owner) + 1, row.name
+        else:  # features.8, the classifier
+            assert row.layer_id == len(blocks) + 1, row.name
+
+
+def test_a_sibling_with_other_parameters_ends_the_run(bare_host):
+    def stage(n: int, width: int = 4) -> nn.Sequential:
+        return nn.Sequential(*[nn.Linear(width, width) for _ in range(n)])
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Linear(4, 4)
+            self.first = stage(2)
+            self.act = nn.ReLU()  # no parameters: passed over
+            self.second = stage(3)
+            self.mix = nn.Conv1d(4, 4, 1)  # parameters of its own: the run ends here
+            self.third = stage(2)
+            self.other = nn.Sequential(nn.Conv1d(4, 4, 1), nn.Conv1d(4, 4, 1))  # blocks of another type
+
+    with pytest.warns(layerdecay.LayerDecayWarning):
+        plan = layerdecay.explain(Net(), host=bare_host)
+    assert plan.fallback == "repeated blocks in 'first', 'second' (5 blocks)"
+    ids = {r.name.rsplit(".", 1)[0]: r.layer_id for r in plan.rows}
+    assert ids == {"stem": 0, "first.0": 1, "first.1": 2, "second.0": 3, "second.1": 4, "second.2": 5,
+                   "mix": 6, "third.0": 6, "third.1": 6, "other.0": 6, "other.1": 6}
