@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "plan" in only:
         results["plan"] = [plan_case(label(a, kw), meta_model(a, **kw), repeats) for a, kw in plan_models]
     if "fallback" in only:
-        results["fallback"] = [fallback_case(label, build(), repeats) for label, build in fallback_models]
+        results["fallback"] = [fallback_case(case, build(), repeats) for case, build in fallback_models]
     if "build" in only:
         results["build"] = [build_case(label(a, kw), meta_model(a, **kw), repeats) for a, kw in build_models]
     if "scaling" in only:

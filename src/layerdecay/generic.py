@@ -168,8 +168,10 @@ def _block_container_map(view: ModelView) -> LayerMap | None:
     # comes before those of its sub-blocks, which overwrite it.
     numbered: list[tuple[range, int]] = []
     count = 0
+    in_blocks = 0  # parameters under the blocks
     for block in blocks:
         span = view.span(block)
+        in_blocks += len(span)
         numbered.append((span, count))
         inner = _largest(inside.get(block, ()))
         if inner is None or 2 * inner.numel < totals[span.stop] - totals[span.start]:
@@ -185,7 +187,7 @@ def _block_container_map(view: ModelView) -> LayerMap | None:
     offset = 1 if first > 0 else 0
     # The blocks' spans are disjoint and start at ``first`` or later: anything after ``first`` they leave out
     # (a final norm, a head) takes a top id of its own.
-    has_after = sum(len(view.span(block)) for block in blocks) < len(view) - first
+    has_after = in_blocks < len(view) - first
     top = count + offset if has_after else count + offset - 1
     ids = [top] * len(view)
     ids[:first] = [0] * first
