@@ -24,6 +24,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,19 +46,44 @@ QUICK_BUILD_TENSORS = 10_000
 STEP_PAIRS = 3
 
 
-def block_median(fn: Callable[[], object], repeats: int) -> float:
-    """The median time of ``repeats`` calls of ``fn`` in a row, after ``WARM_UP_CALLS`` untimed ones."""
+def block_median(fn: Callable[[], object], repeats: int, before: Callable[[], object] | None = None) -> float:
+    """The median time of ``repeats`` calls of ``fn`` in a row, after ``WARM_UP_CALLS`` untimed ones; ``before``
+    runs untimed ahead of each timed call."""
     for _ in range(WARM_UP_CALLS):
         fn()
     times = []
     for _ in range(repeats):
+        if before is not None:
+            before()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def median_times(fns: list[Callable[[], object]], repeats: int, turns: int = TURNS) -> list[float]:
+def _cache_bytes() -> int:
+    """The last-level cache's size as Linux reports it (32 MiB where it does not)."""
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+        return int(text[:-1]) << {"K": 10, "M": 20}[text[-1]]
+    except (OSError, ValueError, KeyError, IndexError):
+        return 32 << 20
+
+
+class CacheFlush:
+    """Writes a buffer of four times the last-level cache, so that the next call finds none of its data there:
+    as a one-off plan finds a model in a training script, whatever the model's size."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(4 * _cache_bytes())
+        self.lines = len(self.buffer[::64])
+
+    def __call__(self) -> None:
+        self.buffer[::64] = bytes(self.lines)
+
+
+def median_times(fns: list[Callable[[], object]], repeats: int, turns: int = TURNS,
+                 before: Callable[[], object] | None = None) -> list[float]:
     """Each function's time: the median of ``repeats`` calls in a row after a warm-up, as a microbenchmark times
     one thing at a time (calls of another contender in between would evict its code and data from the caches).
 
@@ -73,7 +99,7 @@ def median_times(fns: list[Callable[[], object]], repeats: int, turns: int = TUR
     order = list(range(len(fns)))
     for turn in range(turns):
         for i in order if turn % 2 == 0 else order[::-1]:
-            medians[i].append(block_median(fns[i], repeats))
+            medians[i].append(block_median(fns[i], repeats, before))
     return [min(m) for m in medians]
 
 
@@ -178,16 +204,24 @@ def build_case(label: str, model: torch.nn.Module, repeats: int) -> Row:
 
 
 def scaling(depths: tuple[int, int], repeats: int) -> Row:
+    """The plan's growth from the small depth to the large one, and the floor's, timed twice: calls in a row
+    (``time_ratio``: the small model's objects stay in the last-level cache from one call to the next, the large
+    one's cannot) and each call after the cache is flushed (``cold_time_ratio``: both as a one-off plan finds
+    them, which tells growth in the work from the cache's size)."""
     small, large = (meta_model("vit_base_patch16_224", depth=d) for d in depths)
-    t_small, t_large, f_small, f_large = median_times([
+    contenders = [
         lambda: layerdecay.param_groups(small, lr=1e-3),
         lambda: layerdecay.param_groups(large, lr=1e-3),
         lambda: listing(small),
         lambda: listing(large),
-    ], repeats, turns=PLAN_TURNS)
+    ]
+    t_small, t_large, f_small, f_large = median_times(contenders, repeats, turns=PLAN_TURNS)
+    c_small, c_large, cf_small, cf_large = median_times(contenders, repeats, turns=PLAN_TURNS, before=CacheFlush())
     tensors = (sum(1 for _ in small.parameters()), sum(1 for _ in large.parameters()))
     return {"depths": list(depths), "tensors": list(tensors), "small_ms": t_small * 1e3, "large_ms": t_large * 1e3,
-            "time_ratio": t_large / t_small, "size_ratio": tensors[1] / tensors[0], "floor_ratio": f_large / f_small}
+            "time_ratio": t_large / t_small, "size_ratio": tensors[1] / tensors[0], "floor_ratio": f_large / f_small,
+            "cold_small_ms": c_small * 1e3, "cold_large_ms": c_large * 1e3, "cold_time_ratio": c_large / c_small,
+            "cold_floor_ratio": cf_large / cf_small}
 
 
 def _with_bytecode_cache() -> dict[str, str]:
@@ -226,17 +260,33 @@ def import_costs(repeats: int) -> Row:
             "heavy_modules_after_plan_and_discovery": heavy}
 
 
-def _model_with_grads(arch: str, depth: int) -> torch.nn.Module:
+def _model_with_grads(arch: str, depth: int, device: str) -> torch.nn.Module:
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model(arch, pretrained=False, depth=depth)
+    model = timm.create_model(arch, pretrained=False, depth=depth).to(device)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     return model
 
 
-def _step_times(model: torch.nn.Module, impl: str, repeats: int) -> tuple[float, float, int]:
+def step_devices() -> list[str]:
+    """The CPU, and the GPU when there is one: the step is timed on each."""
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def _timed_step(optimizer: torch.optim.Optimizer, device: str) -> Callable[[], None]:
+    """``optimizer.step`` as a call that returns when the step is done (a GPU's kernels run asynchronously)."""
+    if device == "cpu":
+        return optimizer.step
+
+    def step() -> None:
+        optimizer.step()
+        torch.cuda.synchronize()
+    return step
+
+
+def _step_times(model: torch.nn.Module, impl: str, repeats: int, device: str) -> tuple[float, float, int]:
     """(single-group step, step with the plan's groups, the group count) for AdamW with ``impl``.
 
     Where the optimizer state lands in memory changes a CPU step's time by up to 2x here, whatever the groups:
@@ -248,28 +298,31 @@ def _step_times(model: torch.nn.Module, impl: str, repeats: int) -> tuple[float,
     for _ in range(STEP_PAIRS):
         single = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, **flags)
         grouped = layerdecay.build_optimizer(model, "adamw", lr=1e-3, layer_decay=0.75, **flags)
-        for out, t in zip(times, median_times([single.step, grouped.step], repeats), strict=True):
+        steps = [_timed_step(single, device), _timed_step(grouped, device)]
+        for out, t in zip(times, median_times(steps, repeats), strict=True):
             out.append(t)
         groups = len(grouped.param_groups)
         del single, grouped
     return min(times[0]), min(times[1]), groups
 
 
-def step_case(depth: int, repeats: int) -> list[Row]:
-    """AdamW step time with the plan's groups against a single group (ViT-B, CPU).
+def step_case(depth: int, repeats: int, device: str = "cpu") -> list[Row]:
+    """AdamW step time with the plan's groups against a single group (ViT-B, on ``device``).
 
     torch steps each param group on its own, a fixed cost per group. That cost is also measured apart, on
     ViT-Ti with the same groups (its step is a seventh of ViT-B's, so memory placement moves it far less),
     and laid over ViT-B's step: ``groups_cost_ratio`` is the ratio the groups alone account for.
     """
-    model = _model_with_grads("vit_base_patch16_224", depth)
-    small = _model_with_grads("vit_tiny_patch16_224", depth)
+    model = _model_with_grads("vit_base_patch16_224", depth, device)
+    small = _model_with_grads("vit_tiny_patch16_224", depth, device)
+    card = "CPU" if device == "cpu" else torch.cuda.get_device_name(device)
     rows = []
     for impl in ("foreach", "fused"):
-        t_single, t_grouped, groups = _step_times(model, impl, repeats)
-        small_single, small_grouped, small_groups = _step_times(small, impl, repeats)
+        t_single, t_grouped, groups = _step_times(model, impl, repeats, device)
+        small_single, small_grouped, small_groups = _step_times(small, impl, repeats, device)
         per_group = (small_grouped - small_single) / (small_groups - 1) if small_groups > 1 else 0.0
-        rows.append({"impl": impl, "depth": depth, "single_ms": t_single * 1e3, "grouped_ms": t_grouped * 1e3,
+        rows.append({"impl": impl, "device": card, "depth": depth, "single_ms": t_single * 1e3,
+                     "grouped_ms": t_grouped * 1e3,
                      "ratio": t_grouped / t_single, "groups": groups, "timm_groups": len(timm_groups(model)),
                      "per_group_us": per_group * 1e6, "groups_cost_ratio": 1 + (groups - 1) * per_group / t_single})
     return rows
@@ -301,10 +354,12 @@ SECTIONS: dict[str, tuple[str, list[str] | None]] = {
                   "our_groups"]),
     "build": ("build_optimizer end to end against timm's create_optimizer_v2(..., layer_decay=0.75)",
               ["case", "groups", "ours_ms", "timm_ms", "ours_vs_timm"]),
-    "scaling": ("scaling", ["depths", "tensors", "small_ms", "large_ms", "time_ratio", "size_ratio", "floor_ratio"]),
+    "scaling": ("scaling (calls in a row, then each call after the last-level cache is flushed: cold_)",
+                ["depths", "tensors", "small_ms", "large_ms", "time_ratio", "floor_ratio", "cold_small_ms",
+                 "cold_large_ms", "cold_time_ratio", "cold_floor_ratio", "size_ratio"]),
     "imports": ("imports (fresh interpreters)", None),
-    "step": ("optimizer step, ViT-B/16 on CPU: the plan's groups against one group",
-             ["impl", "depth", "groups", "timm_groups", "single_ms", "grouped_ms", "ratio", "per_group_us",
+    "step": ("optimizer step, ViT-B/16: the plan's groups against one group",
+             ["impl", "device", "depth", "groups", "timm_groups", "single_ms", "grouped_ms", "ratio", "per_group_us",
               "groups_cost_ratio"]),
     "memory": ("memory", None),
 }
@@ -322,6 +377,7 @@ TARGETS = (
     ("plan", "timm_vs_ours", "plan >= 2x faster than timm", operator.ge, 2.0),
     ("build", "ours_vs_timm", "build_optimizer <= 0.5x timm's", operator.le, 0.5),
     ("scaling", "time_ratio", "10x the tensors in <= 12x the time", operator.le, 12.0),
+    ("scaling", "cold_time_ratio", "10x the tensors in <= 12x the time, cold caches", operator.le, 12.0),
     ("imports", "import_layerdecay_after_torch_ms", "import layerdecay <= 100 ms over torch", operator.le, 100.0),
     ("imports", "plugin_discovery_ms", "plugin discovery <= 20 ms", operator.le, 20.0),
     ("step", "ratio", "step <= 1.05x a single group", operator.le, 1.05),
@@ -330,13 +386,15 @@ TARGETS = (
 )
 
 
-def _case(section: str, row: Row) -> str:
+def _case(section: str, column: str, row: Row) -> str:
     """What a verdict row is about, in the words of its section's table."""
     if section == "step":
-        return row["impl"]
+        device = row.get("device", "CPU")
+        return row["impl"] if device == "CPU" else f"{row['impl']} on {device}"
     if section == "scaling":
         small, large = row["depths"]
-        return f"depths {small}, {large} (the floor alone: {row['floor_ratio']:.3g}x)"
+        floor = row["cold_floor_ratio" if column.startswith("cold_") else "floor_ratio"]
+        return f"depths {small}, {large} (the floor alone: {floor:.3g}x)"
     if section == "memory":
         return f"depth {row['depth']}"
     return str(row.get("case", ""))
@@ -344,13 +402,15 @@ def _case(section: str, row: Row) -> str:
 
 def verdicts(results: dict[str, Any]) -> list[Row]:
     """Each target against this run, one row per case: what a run shows at a glance (the ranges over several
-    runs, which a shared machine needs, are in docs/performance.md). A missing section is left out."""
+    runs, which a shared machine needs, are in docs/performance.md). A missing section or field is left out."""
     rows = []
     for section, column, target, holds, limit in TARGETS:
         found = results.get(section)
         for row in rows_of(found) if found else []:
+            if column not in row:
+                continue
             value = row[column]
-            rows.append({"target": target, "case": _case(section, row), "value": value,
+            rows.append({"target": target, "case": _case(section, column, row), "value": value,
                          "met": "yes" if holds(value, limit) else "no"})
     imports = results.get("imports")
     if imports:
@@ -430,7 +490,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "imports" in only:
         results["imports"] = import_costs(max(1, min(repeats, 5)))
     if "step" in only:
-        results["step"] = step_case(step_depth, repeats)
+        results["step"] = [row for device in step_devices() for row in step_case(step_depth, repeats, device)]
     if "memory" in only:
         results["memory"] = memory_case(memory_depth)
 

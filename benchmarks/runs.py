@@ -31,7 +31,7 @@ Row = dict[str, Any]
 RATIOS = {
     "plan": ("ours_vs_floor", "explain_vs_floor", "timm_vs_ours"),
     "build": ("ours_vs_timm",),
-    "scaling": ("time_ratio", "floor_ratio"),
+    "scaling": ("time_ratio", "floor_ratio", "cold_time_ratio", "cold_floor_ratio"),
 }
 
 
@@ -57,7 +57,7 @@ def summarize(runs: list[dict[str, Any]]) -> tuple[list[Row], dict[str, Any]]:
             if len({_label(section, case) for case in cases}) != 1:
                 raise ValueError(f"the runs of section {section!r} hold different cases at position {k}")
             median_row = dict(first)
-            for column in columns:
+            for column in (c for c in columns if c in first):  # runs of an older bench.py lack the newer ratios
                 values = [case[column] for case in cases]
                 median_row[column] = statistics.median(values)
                 rows.append({"section": section, "case": _label(section, first), "ratio": column,

@@ -27,9 +27,11 @@ def test_quick_benchmark_runs_and_reports_every_section(tmp_path):
         assert row["our_groups"] > 0 and row["nwd_ms"] >= 0
     for row in data["fallback"]:  # a model no family plugin claims, planned by its repeated blocks
         assert row["owner"] == "generic" and row["num_layers"] > 2 and row["ours_ms"] > 0 and row["floor_ms"] > 0
-    assert data["scaling"]["floor_ratio"] > 0
+    assert data["scaling"]["floor_ratio"] > 0 and data["scaling"]["cold_floor_ratio"] > 0
+    assert data["scaling"]["cold_small_ms"] > 0 and data["scaling"]["cold_time_ratio"] > 0
     assert data["imports"]["heavy_modules_after_plan_and_discovery"] == "[]"
     assert data["memory"]["meta_tensors"] == data["memory"]["tensors"]
+    assert {row["device"] for row in data["step"]} >= {"CPU"}
     assert "plan time" in result.stdout and "scaling" in result.stdout and "targets" in result.stdout
     # One verdict per plan case and plan target, each a plain yes or no.
     plan_targets = {"plan <= 2x the floor", "plan >= 2x faster than timm"}
@@ -71,10 +73,28 @@ def test_verdicts_hold_each_case_against_its_limit():
     assert met[("timm, torchvision, transformers stay unimported", "")] == "no"
     assert met[("peak RSS growth of a plan < 50 MiB", "depth 4000")] == "yes"
     assert met[("planning a meta model allocates no parameter memory", "")] == "no"
-    # Sections this run did not measure give no verdict rather than a guess.
+    # Sections and fields this run did not measure give no verdict rather than a guess.
     assert not any(target.startswith(("build", "step")) for target, _ in met)
+    assert not any(target.endswith("cold caches") for target, _ in met)
+    cold = {"depths": [400, 4000], "time_ratio": 13.0, "floor_ratio": 13.5, "cold_time_ratio": 11.0,
+            "cold_floor_ratio": 10.5}
+    cold_met = {(row["target"], row["case"]): row["met"] for row in bench.verdicts({"scaling": cold})}
+    assert cold_met == {
+        ("10x the tensors in <= 12x the time", "depths 400, 4000 (the floor alone: 13.5x)"): "no",
+        ("10x the tensors in <= 12x the time, cold caches", "depths 400, 4000 (the floor alone: 10.5x)"): "yes",
+    }
     at_limit = bench.verdicts({"memory": {"depth": 4000, "peak_rss_growth_mib": 50.0, "meta_tensors": 4, "tensors": 4}})
     assert [row["met"] for row in at_limit] == ["no", "yes"]  # "under 50 MiB" is strict
+
+
+def test_step_verdicts_name_the_card_a_gpu_step_ran_on():
+    bench = _benchmark_module("bench")
+    rows = [{"impl": "fused", "device": "CPU", "ratio": 1.01, "groups_cost_ratio": 1.0},
+            {"impl": "fused", "device": "NVIDIA H100 80GB HBM3", "ratio": 1.2, "groups_cost_ratio": 1.1}]
+    met = {(row["target"], row["case"]): row["met"] for row in bench.verdicts({"step": rows})}
+    assert met[("step <= 1.05x a single group", "fused")] == "yes"
+    assert met[("step <= 1.05x a single group", "fused on NVIDIA H100 80GB HBM3")] == "no"
+    assert bench.step_devices()[0] == "cpu"
 
 
 def test_the_twin_benchmark_runs(tmp_path):

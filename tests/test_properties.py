@@ -226,6 +226,11 @@ if pytest is not None:
         """Both walks (the fast one for unshared trees, the careful one for shared modules and parameters)
         list the parameters and modules that torch's own listings give, with their types and spans."""
         model = build_model(seed)
+        # One module at a time, asked before anything builds the dict of them: what named_modules() says.
+        fresh = layerdecay.ModelView(model)
+        assert [id(fresh.module(path)) for path, _ in model.named_modules()] == [
+            id(m) for _, m in model.named_modules()]
+        assert fresh.module("no.such.path") is None
         view = layerdecay.ModelView(model)
         assert list(view.names) == [n for n, _ in model.named_parameters()]
         assert view.local_names == tuple(n.rpartition(".")[2] for n in view.names)
@@ -261,7 +266,10 @@ if pytest is not None:
             assert (listed is None) == shared
             if listed is not None:
                 assert [(n, id(p)) for n, p in listed] == [(n, id(p)) for n, p in module.named_parameters()]
-        wrapped = layerdecay.ModelView(wrap_model(model, seed))  # wrappers inside spell out their components
+        wrapped_model = wrap_model(model, seed)
+        wrapped = layerdecay.ModelView(wrapped_model)  # wrappers inside spell out their components
+        expected = [(path, id(module)) for path, module in layerdecay.ModelView(wrapped_model).modules.items()]
+        assert [(path, id(wrapped.module(path))) for path, _ in expected] == expected
         for path, module in wrapped.modules.items():
             listed = wrapped.named_parameters_of(path)
             if listed is not None:

@@ -112,7 +112,7 @@ def _sibling_run(
     .. ``layer4``, an EfficientNet's ``features.1`` .. ``features.7``). Siblings without parameters (an
     activation, a pool) are passed over; any other sibling with parameters ends the run."""
     parent = largest.path.rpartition(".")[0]
-    module = view.modules.get(parent) if largest.path else None
+    module = view.module(parent) if largest.path else None
     prefix = f"{parent}." if parent else ""
     siblings = [] if module is None else [prefix + name for name, child in module._modules.items() if child is not None]
     if largest.path not in siblings:
@@ -123,7 +123,7 @@ def _sibling_run(
         found = []
         for path in paths:
             sibling = known.get(path)
-            if sibling is None and isinstance(candidate := view.modules.get(path), _CONTAINERS):
+            if sibling is None and isinstance(candidate := view.module(path), _CONTAINERS):
                 sibling = _container_at(view, path, candidate, totals, least=1)  # a stage of a single block
             if sibling is not None and sibling.kind is largest.kind:
                 found.append(sibling)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from itertools import islice
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -97,13 +96,14 @@ def _subclass_test(classes: type | tuple[type, ...]) -> Callable[[type], bool]:
 
 
 class Walk(NamedTuple):
-    """What a walk lists; the lists are aligned with ``names``, ``types`` with ``modules``."""
+    """What a walk lists; the first four lists are aligned with ``names``, the next three with one another."""
 
     names: list[str]
     local_names: list[str]
     params: list[torch.Tensor]
     owners: list[nn.Module]
-    modules: dict[str, nn.Module]
+    paths: list[str]  # of each module, in tree order
+    modules: list[nn.Module]
     types: list[type]
     spans: dict[str, range]
     flat_shapes: dict[int, torch.Size]
@@ -125,12 +125,15 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
     local_names: list[str] = []
     params: list[torch.Tensor] = []
     owners: list[nn.Module] = []
-    modules: dict[str, nn.Module] = {}
+    # Lists, not a dict by path: at 88k modules (depth 4000) filling a dict that large while the model streams
+    # through the caches made the walk 1.12x slower than lists do. ModelView builds the dict when it is read.
+    paths: list[str] = []
+    modules: list[nn.Module] = []
     types: list[type] = []  # read while each module is at hand: a later pass over many modules misses the cache
     spans: dict[str, range] = {}
     flat_shapes: dict[int, torch.Size] = {}
     add_name, add_local, add_param, add_owner = names.append, local_names.append, params.append, owners.append
-    add_type, span = types.append, range
+    add_path, add_module, add_type, span = paths.append, modules.append, types.append, range
     bare: list[nn.Module] = []  # the modules with no parameter under them
     add_bare = bare.append
     wrapper_free = _ALWAYS_WRAPPER_CHILDREN.isdisjoint
@@ -141,14 +144,15 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
         if len(children) == 1:
             inner = _wrapped_child(module)
             if inner is not None:
-                if modules:
+                if paths:
                     inner_wrappers.append(prefix)
                 if "_fsdp_wrapped_module" in children:
                     _flat_view_shapes(module, flat_shapes)
                 visit(prefix, inner)
                 return
         path = prefix[:-1]
-        modules[path] = module
+        add_path(path)
+        add_module(module)
         add_type(type(module))
         start = len(names)
         for pname, param in module._parameters.items():
@@ -169,7 +173,8 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
                     visit(prefix + cname + ".", child)
                 continue
             child_path = prefix + cname
-            modules[child_path] = child
+            add_path(child_path)
+            add_module(child)
             add_type(type(child))
             child_params = child._parameters
             if child_params:
@@ -203,7 +208,7 @@ def _walk_unshared(model: nn.Module) -> Walk | None:
     maybe_shared = _held_often(params, 2)
     if len(set(map(id, maybe_shared))) != len(maybe_shared) or not _all_distinct(_held_often(bare, 3)):
         return None
-    return Walk(names, local_names, params, owners, modules, types, spans, flat_shapes, not inner_wrappers)
+    return Walk(names, local_names, params, owners, paths, modules, types, spans, flat_shapes, not inner_wrappers)
 
 
 _refcount = getattr(sys, "getrefcount", None)  # CPython's; elsewhere every object is compared
@@ -245,7 +250,8 @@ def _walk(model: nn.Module) -> Walk:
     local_names: list[str] = []
     params: list[torch.Tensor] = []
     owners: list[nn.Module] = []
-    modules: dict[str, nn.Module] = {}
+    paths: list[str] = []
+    modules: list[nn.Module] = []
     types: list[type] = []
     spans: dict[str, range] = {}
     flat_shapes: dict[int, torch.Size] = {}
@@ -271,7 +277,8 @@ def _walk(model: nn.Module) -> Walk:
             stack.append((prefix, inner))
             continue
         path = prefix[:-1]
-        modules[path] = module
+        paths.append(path)
+        modules.append(module)
         types.append(type(module))
         open_spans.append((path, len(names)))
         for pname, param in module._parameters.items():
@@ -286,7 +293,7 @@ def _walk(model: nn.Module) -> Walk:
         children = [(prefix if cname in _ALWAYS_WRAPPER_CHILDREN else prefix + cname + ".", child)
                     for cname, child in module._modules.items() if child is not None]
         stack.extend(reversed(children))
-    return Walk(names, local_names, params, owners, modules, types, spans, flat_shapes, False)
+    return Walk(names, local_names, params, owners, paths, modules, types, spans, flat_shapes, False)
 
 
 class ModelView:
@@ -300,8 +307,9 @@ class ModelView:
             ``cls_token``), aligned with ``names``.
         params: The parameters, aligned with ``names``.
         owners: The module that owns each parameter, aligned with ``names``.
-        modules: Normalized module path -> module, for every module under the root (wrappers left out).
-            Use :meth:`span` for the parameters under a module.
+        modules: Normalized module path -> module, for every module under the root (wrappers left out), in tree
+            order; built on first read, since a deep model's costs a tenth of its walk and most plans need none.
+            Use :meth:`module` for one module, :meth:`span` for the parameters under a module.
         module_types: The class of each module, aligned with ``modules`` (its insertion order): finding
             modules by type is a search of this tuple rather than a pass over the modules
             (:meth:`modules_of_type`), and :meth:`modules_at` fetches what a search found.
@@ -313,20 +321,23 @@ class ModelView:
             can share one analysis of the model. Key it by your plugin's name.
     """
 
-    __slots__ = ("_index", "_ranks", "_shapes", "_spans", "cache", "local_names", "matches_torch_listing", "model",
-                 "module_types", "modules", "names", "owners", "params", "true_shapes")
+    __slots__ = ("_index", "_module_list", "_module_paths", "_modules", "_ranks", "_shapes", "_spans", "cache",
+                 "local_names", "matches_torch_listing", "model", "module_types", "names", "owners", "params",
+                 "true_shapes")
 
     def __init__(self, model: nn.Module) -> None:
         walk = _walk_unshared(model)
         if walk is None:  # a module or parameter is shared (or the tree has a cycle): the careful walk
             walk = _walk(model)
-        names, local_names, params, owners, modules, types, spans, flat_shapes, matches_torch_listing = walk
+        names, local_names, params, owners, paths, modules, types, spans, flat_shapes, matches_torch_listing = walk
         self.model = unwrap(model)
         self.names: tuple[str, ...] = tuple(names)
         self.local_names: tuple[str, ...] = tuple(local_names)
         self.params: tuple[torch.Tensor, ...] = tuple(params)
         self.owners: tuple[nn.Module, ...] = tuple(owners)
-        self.modules = modules
+        self._module_paths = paths
+        self._module_list = modules
+        self._modules: dict[str, nn.Module] | None = None
         self.module_types: tuple[type, ...] = tuple(types)
         self.cache: dict[str, Any] = {}
         self._spans = spans
@@ -345,23 +356,37 @@ class ModelView:
             self._index = {n: i for i, n in enumerate(self.names)}
         return self._index[name]
 
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        """Normalized module path -> module (see the class's attributes), built on first read."""
+        if self._modules is None:
+            self._modules = dict(zip(self._module_paths, self._module_list, strict=True))
+        return self._modules
+
     def module(self, path: str) -> nn.Module | None:
-        """The module at normalized ``path`` ('' is the root), or None."""
-        return self.modules.get(path)
+        """The module at normalized ``path`` ('' is the root), or None.
+
+        Without wrappers or sharing below the root, a normalized path is the chain of child names from the root,
+        so a lookup follows it and needs no dict of every module (see :attr:`modules`).
+        """
+        if self._modules is not None or not self.matches_torch_listing:
+            return self.modules.get(path)
+        module = self.model
+        for part in path.split(".") if path else ():
+            child = module._modules.get(part)
+            if child is None:
+                return None
+            module = child
+        return module
 
     def modules_at(self, positions: Iterable[int]) -> list[tuple[str, nn.Module]]:
         """``(path, module)`` of the modules at ``positions`` of :attr:`module_types`, in ascending order.
 
-        The modules are read only as far as the last position asked for, so the few modules found by a search
-        of ``module_types`` (a model's root class, its containers) cost no pass over a deep model's others.
+        The modules are kept in a list aligned with ``module_types``, so the few modules found by a search of
+        it (a model's root class, its containers) cost no pass over a deep model's others.
         """
-        wanted = sorted(positions)
-        if not wanted:
-            return []
-        stop = wanted[-1] + 1
-        paths = list(islice(self.modules, stop))
-        modules = list(islice(self.modules.values(), stop))
-        return [(paths[at], modules[at]) for at in wanted]
+        paths, modules = self._module_paths, self._module_list
+        return [(paths[at], modules[at]) for at in sorted(positions)]
 
     def modules_of_type(self, kind: type | tuple[type, ...] | Callable[[type], bool]) -> list[tuple[str, nn.Module]]:
         """``(path, module)`` of every module whose class is ``kind`` or a subclass (a class or a tuple of
@@ -400,7 +425,7 @@ class ModelView:
         """What ``named_parameters()`` of the module at ``path`` lists (names relative to that module), read
         off the walk; None where the walk's names are not the module's own (a wrapper below the root, or a
         module or parameter that appears twice), or for an unknown path."""
-        if not self.matches_torch_listing or path not in self.modules:
+        if not self.matches_torch_listing or (path not in self._spans and path not in self.modules):
             return None
         at = self.span(path)
         names, params = self.names[at.start:at.stop], self.params[at.start:at.stop]

@@ -132,7 +132,7 @@ def _block_containers(view: ModelView, kernels: list[int]) -> list[_Stage]:
     numbered module above one of ``kernels``: only those parents are examined. The kernels come in tree
     order, so once a stage is found, the kernels of its other blocks are passed over unwalked.
     """
-    names, modules, span_of = view.names, view.modules, view.span
+    names, module_at, span_of = view.names, view.module, view.span
     verdicts: dict[str, _Stage | None] = {}
     seen: set[str] = set()
     covered = 0  # where the last stage found ends: the kernels before it lie in its blocks
@@ -150,7 +150,7 @@ def _block_containers(view: ModelView, kernels: list[int]) -> list[_Stage]:
                 if verdict is _UNSEEN:
                     # A block holds at least three weights, so a smaller child rules its parent out unexamined
                     # (torchvision's numbered ``block.0`` convolution, once per block).
-                    parent_module = modules.get(parent)
+                    parent_module = module_at(parent)
                     small = (parent_module is not None and parent_module._modules.get(last) is not None
                              and len(span_of(path)) < 3)
                     verdict = verdicts[parent] = None if small else _container(view, parent)
@@ -185,7 +185,7 @@ def _container(view: ModelView, path: str) -> _Stage | None:
     span = view.span(path)
     if not span:
         return None
-    local = _child_names(view.modules.get(path))
+    local = _child_names(view.module(path))
     if not local or not all(map(str.isdigit, local)):
         return None
     kids = list(map((path + "." if path else "").__add__, local))
@@ -282,7 +282,7 @@ def find_layout_and_spans(view: ModelView) -> tuple[Layout, dict[str, range]] | 
         )
         if path and alone:
             local = path[len(prefix) :]
-            kids = _child_names(view.modules.get(parent))
+            kids = _child_names(view.module(parent))
             if kids != [local]:
                 # Only this stage's blocks lie under the parent, so anything more there is not a block.
                 if len(span_of(parent)) > len(block_spans[s]):

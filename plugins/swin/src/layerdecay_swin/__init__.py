@@ -241,9 +241,12 @@ def _numbered_children(view: ModelView, path: str) -> list[str]:
     module = view.module(path)
     if module is None:
         return []
-    kids = sorted((k for k in module._modules if k.isdigit()), key=int)
+    kids = sorted((k for k, child in module._modules.items() if child is not None and k.isdigit()), key=int)
+    children = map((path + ".").__add__, kids)
+    if view.matches_torch_listing:  # every child is a module at its path
+        return list(children)
     modules = view.modules
-    return [child for child in map((path + ".").__add__, kids) if child in modules]
+    return [child for child in children if child in modules]
 
 
 def _is_final_norm(view: ModelView, unit: str, pieces: list[range], width: int) -> bool:

@@ -196,8 +196,10 @@ def _as_stack(view: ModelView, path: str, module: nn.Module) -> _Stack | None:
     # The last block ends the run; with the names checked below, every block between holds ``size`` too.
     if size < _MIN_BLOCK_MATRICES or view.span(children[-1]) != range(stop - size, stop):
         return None
-    modules = view.modules
-    if list(map(type, map(modules.get, children))).count(type(modules.get(children[0]))) != count:
+    # Without wrappers below the root the children are the modules at their paths (no dict by path needed).
+    kids = ([child for child in module._modules.values() if child is not None] if view.matches_torch_listing
+            else list(map(view.modules.get, children)))
+    if list(map(type, kids)).count(type(kids[0])) != count:
         return None
     # Same names below each block's own path: block k's names are block 0's with k's path in front.
     names = view.names
@@ -221,21 +223,20 @@ def _as_stack(view: ModelView, path: str, module: nn.Module) -> _Stack | None:
     return _Stack(path, blocks, sum(map(prod, block)) * count, width)
 
 
-def _containers(view: ModelView) -> list[str]:
-    """Paths of the ``ModuleList``/``Sequential`` modules, in tree order (found by type at C speed)."""
-    return [path for path, _ in view.modules_of_type(_CONTAINER_TYPES)]
+def _containers(view: ModelView) -> list[tuple[str, nn.Module]]:
+    """The ``ModuleList``/``Sequential`` modules, in tree order (found by type at C speed)."""
+    return view.modules_of_type(_CONTAINER_TYPES)
 
 
-def _numbered_containers(view: ModelView) -> list[str]:
-    """Paths of plain modules whose children (two or more) are all numbered by name (``encoder_layer_0``)."""
-    return [path for path, module in view.modules.items()
+def _numbered_containers(view: ModelView) -> list[tuple[str, nn.Module]]:
+    """Plain modules whose children (two or more) are all numbered by name (``encoder_layer_0``)."""
+    return [(path, module) for path, module in view.modules.items()
             if not isinstance(module, _CONTAINER_TYPES) and len(children := module._modules) >= 2
             and all(name[-1:].isdigit() for name, child in children.items() if child is not None)]
 
 
-def _stacks(view: ModelView, paths: list[str]) -> list[_Stack]:
-    modules = view.modules
-    return [s for path in paths if (s := _as_stack(view, path, modules[path])) is not None]
+def _stacks(view: ModelView, containers: list[tuple[str, nn.Module]]) -> list[_Stack]:
+    return [s for path, module in containers if (s := _as_stack(view, path, module)) is not None]
 
 
 def _largest_stack(view: ModelView) -> _Stack | None:
@@ -323,7 +324,6 @@ def find_layout(view: ModelView) -> ViTLayout | None:
     rel_pos = any(map(text.__contains__, _REL_POS_MARKERS))
     in_patch = patch_owner + "." if patch_owner != root else None
     norms: dict[str, bool] = {}  # module path -> is a final norm (a norm's weight and bias ask the same)
-    modules = view.modules
     for i in backbone:
         name = names[i]
         if rel_pos and any(map(name[skip:].__contains__, _REL_POS_MARKERS)):
@@ -332,12 +332,12 @@ def find_layout(view: ModelView) -> ViTLayout | None:
             others[name] = STEM if _is_sequence_param(name, shapes[i], width) else TOP
         elif i < start or (in_patch is not None and name.startswith(in_patch)):
             others[name] = STEM
-        elif _in_final_norm(name, beside, modules, norms):
+        elif _in_final_norm(name, beside, view, norms):
             others[name] = FINAL_NORM
     return ViTLayout(root, stack.path, len(stack.blocks), width, names, stack.blocks, others)
 
 
-def _in_final_norm(name: str, beside: list[str], modules: dict[str, nn.Module], seen: dict[str, bool]) -> bool:
+def _in_final_norm(name: str, beside: list[str], view: ModelView, seen: dict[str, bool]) -> bool:
     """Whether ``name`` lies in a final norm: a child of one of the ``beside`` modules (memoized in ``seen``)."""
     for ancestor in beside:
         if ancestor and not name.startswith(ancestor + "."):
@@ -349,7 +349,7 @@ def _in_final_norm(name: str, beside: list[str], modules: dict[str, nn.Module], 
         path = ancestor + "." + child if ancestor else child
         found = seen.get(path)
         if found is None:
-            module = modules.get(path)
+            module = view.module(path)
             found = seen[path] = module is not None and _is_final_norm(path, module)
         if found:
             return True
