@@ -5,7 +5,7 @@ On a shared machine one interpreter's ratios differ from the next one's by 10-15
 seed, more than some targets' margins: a single run's verdict at the edge of a target says little. The
 median over runs is what a process can expect; the range says how far one strays.
 
-    python benchmarks/runs.py                      # 5 runs of the plan and scaling sections (about 10 minutes)
+    python benchmarks/runs.py                      # 5 runs of the plan and scaling sections (about 13 minutes)
     python benchmarks/runs.py --runs 7 --only plan
     python benchmarks/runs.py --quick              # a smoke run; the test suite runs it once
 """
